@@ -1,0 +1,1 @@
+"""jalign: a JAX research framework for preference-alignment objectives."""

@@ -1,0 +1,96 @@
+"""The log-prob pytree that every objective consumes.
+
+A batch holds ``B`` prompts with ``G`` responses each, ``T`` token positions per
+response. Pairs put the chosen response first (``G = 2``); ranked lists carry
+``G > 2`` responses and scores; unpaired feedback has ``G = 1``. The tabular
+engine fills the same structure with one "token" per response (``T = 1``).
+
+Known label keys (objectives declare which they need):
+
+- ``"preference"`` ``[B]``: probability that response 0 is preferred to 1.
+- ``"score"`` ``[B, G]``: scalar quality of each response (listwise, reward).
+- ``"desirable"`` ``[B, G]``: 1 for a thumbs-up response, 0 for thumbs-down.
+- ``"other_rewards"`` ``[B, G, K]``: rewards from K other reward models (MODPO).
+- ``"token_reward"`` ``[B, G, T]``: token-level reward guidance (TGDPO).
+- ``"example_weight"`` ``[B]``: weight of each example in the batch mean; 0 for
+  padding rows of a fixed-size batch.
+
+Known per-token extras, as computed by ``jalign.kernels``:
+
+- ``"entropy"`` ``[B, G, T]``: entropy of the policy's next-token distribution.
+- ``"ref_kl"`` ``[B, G, T]``: KL(pi_ref || pi_theta) of the next-token
+  distributions (the summand of TDPO's sequential KL).
+- ``"token_mask_logits"`` ``[B, G, T]``: a learned token-weighting head
+  (SparsePO's learned masks), with gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LogProbs:
+    """Per-token log-probabilities of ``G`` responses to each of ``B`` prompts.
+
+    Attributes:
+      policy: ``[B, G, T]`` log pi_theta(y_t | x, y_<t). Any float dtype; the
+        shared helpers accumulate in float32.
+      mask: ``[B, G, T]`` 1 on response tokens, 0 on padding.
+      reference: ``[B, G, T]`` log pi_ref(y_t | x, y_<t), or ``None`` for
+        reference-free objectives. Always treated as a constant.
+      extras: per-token quantities from the kernels, each ``[B, G, T]``.
+      labels: per-example or per-response labels (see the module docstring).
+    """
+
+    policy: Array
+    mask: Array
+    reference: Array | None = None
+    extras: Mapping[str, Array] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, Array] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_responses(self) -> int:
+        """``G``, the number of responses per prompt."""
+        return self.policy.shape[1]
+
+    def replace(self, **changes) -> "LogProbs":
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    LogProbs,
+    data_fields=["policy", "mask", "reference", "extras", "labels"],
+    meta_fields=[],
+)
+
+
+def from_sequences(policy, reference=None, *, labels=None) -> LogProbs:
+    """Builds a batch from per-sequence log-probs, one "token" per response.
+
+    This is how tabular policies and hand-written examples enter: ``policy``
+    and ``reference`` are ``[B, G]`` sequence log-probs.
+
+    Args:
+      policy: ``[B, G]`` log pi_theta(y | x).
+      reference: ``[B, G]`` log pi_ref(y | x) or ``None``.
+      labels: optional label mapping.
+
+    Returns:
+      A ``LogProbs`` with ``T = 1``.
+    """
+    policy = jnp.asarray(policy)
+    if policy.ndim != 2:
+        raise ValueError(f"policy must be [B, G]; got {policy.shape=}")
+    return LogProbs(
+        policy=policy[..., None],
+        mask=jnp.ones(policy.shape + (1,), policy.dtype),
+        reference=None if reference is None else jnp.asarray(reference)[..., None],
+        labels=dict(labels or {}),
+    )
