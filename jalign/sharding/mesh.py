@@ -1,0 +1,43 @@
+"""The device mesh: named axes (data, fsdp, tensor) sized from a small config."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes; one of them may be -1 to take the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def sizes(self, num_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1:
+            raise ValueError(f"at most one mesh axis may be -1; got {self}")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if num_devices % known:
+                raise ValueError(f"{num_devices} devices are not divisible by the fixed axes of {self}")
+            sizes[sizes.index(-1)] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices; have {num_devices}")
+        return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+    """A ``Mesh`` over ``devices`` (default: all, across processes) with axes :data:`AXES`."""
+    devices = jax.devices() if devices is None else list(devices)
+    sizes = config.sizes(len(devices))
+    if len(devices) == len(jax.devices()):
+        return jax.make_mesh(sizes, AXES, devices=devices)
+    return Mesh(np.asarray(devices).reshape(sizes), AXES)
