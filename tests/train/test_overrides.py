@@ -1,0 +1,57 @@
+"""`--set path=value` overrides: typed parsing, objective hyperparameters, clear errors."""
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from jalign.objectives import dpo, ipo, sft
+from jalign.train.overrides import apply_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-3
+    steps: int = 10
+    schedule: Literal["constant", "cosine"] = "constant"
+    clip: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    optim: Optim = Optim()
+    objective: object = dpo()
+    tags: tuple[str, ...] = ()
+    verbose: bool = False
+
+
+def test_typed_fields_are_parsed_to_their_annotation():
+    cfg = apply_overrides(Config(), ["optim.lr=3e-4", "optim.steps=7", "optim.schedule=cosine",
+                                     "optim.clip=1.5", "tags=a,b", "verbose=true"])
+    assert cfg.optim == Optim(lr=3e-4, steps=7, schedule="cosine", clip=1.5)
+    assert cfg.tags == ("a", "b") and cfg.verbose is True
+    assert apply_overrides(cfg, ["optim.clip=none"]).optim.clip is None
+
+
+def test_objective_hyperparameters_single_composed_and_replaced():
+    cfg = apply_overrides(Config(), ["objective.beta=0.05"])
+    assert cfg.objective.beta == 0.05
+    composed = Config(objective=dpo() + dpo() + 0.2 * sft())
+    cfg = apply_overrides(composed, ["objective.dpo_1.beta=0.5", "objective.sft.weight=0.7"])
+    assert [t.name for t in cfg.objective.terms] == ["dpo", "dpo", "sft"]
+    assert cfg.objective.terms[0].beta == 0.1 and cfg.objective.terms[1].beta == 0.5
+    assert cfg.objective.terms[2].weight == 0.7
+    assert isinstance(apply_overrides(Config(), ["objective=ipo"]).objective, type(ipo()))
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("optim.lr2=1", r"Optim has no field 'lr2'; valid fields: \['lr', 'steps', 'schedule', 'clip'\]"),
+    ("optim.steps=1.5", r"cannot parse '1.5' as <class 'int'>"),
+    ("optim.schedule=linear", r"expected one of \['constant', 'cosine'\]"),
+    ("objective.betta=1", r"DPO has no field 'betta'; valid fields: \['beta', 'label_smoothing', 'average'\]"),
+    ("objective=dpoo", r"unknown objective 'dpoo'"),
+    ("optim", r"must look like path.to.field=value"),
+])
+def test_typos_and_bad_values_name_the_valid_choices(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(Config(), [assignment])
