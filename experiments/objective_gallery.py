@@ -46,7 +46,9 @@ def _batch(margin: jax.Array, requires) -> LogProbs:
     policy = reference + shift.reshape(1, groups, 1)
     labels["other_rewards"] = jnp.zeros((1, groups, 2))
     labels["token_reward"] = jnp.zeros((1, groups, 1))
+    labels["kl_estimate"] = jnp.zeros((1,))
     extras = {k: jnp.zeros((1, groups, 1)) for k in ("ref_kl", "entropy", "token_mask_logits")}
+    extras["log_prob_sq_sum"] = policy  # a valid value: log sum_v pi(v)^2 >= 2 log pi(y)
     return LogProbs(
         policy=policy, mask=jnp.ones_like(policy), reference=reference if requires.reference else None,
         labels={k: v for k, v in labels.items() if k in requires.labels},

@@ -5,7 +5,10 @@ experiment reads ``dpo(beta=0.1) + 0.2 * sft()``. ``objectives`` imports only
 jax, chex and numpy: no models, sharding, data or training code.
 """
 
-from jalign.objectives import pairwise, sft  # noqa: F401  (registers objectives)
+from jalign.objectives import (  # noqa: F401  (importing a family registers its objectives)
+    anchored, distributional, fdpo, gpo, listwise, pairwise, reference_free, robust, sft, token_level,
+    unpaired, weighted,
+)
 from jalign.objectives.batch import LogProbs, from_sequences
 from jalign.objectives.core import Objective, Requirements, Scaled, Sum, batch_mean, static_field
 from jalign.objectives.registry import _REGISTRY, make, objective, registered

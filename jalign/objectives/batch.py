@@ -12,6 +12,9 @@ Known label keys (objectives declare which they need):
 - ``"desirable"`` ``[B, G]``: 1 for a thumbs-up response, 0 for thumbs-down.
 - ``"other_rewards"`` ``[B, G, K]``: rewards from K other reward models (MODPO).
 - ``"token_reward"`` ``[B, G, T]``: token-level reward guidance (TGDPO).
+- ``"kl_estimate"`` ``[B]`` or scalar: log-ratio of a completion from another
+  example, the KL reference point of KTO.
+- ``"list_mask"`` ``[B, G]``: 1 for real entries of a ragged ranked list.
 - ``"example_weight"`` ``[B]``: weight of each example in the batch mean; 0 for
   padding rows of a fixed-size batch.
 
@@ -22,6 +25,10 @@ Known per-token extras, as computed by ``jalign.kernels``:
   distributions (the summand of TDPO's sequential KL).
 - ``"token_mask_logits"`` ``[B, G, T]``: a learned token-weighting head
   (SparsePO's learned masks), with gradient.
+- ``"log_prob_sq_sum"`` ``[B, G, T]``: log sum_v pi_theta(v | x, y_<t)^2 (WPO's
+  per-token calibration), a constant.
+- ``"reference_token_mask"`` ``[B, G, T]``: token weights in [0, 1] derived from
+  the reference model (SparsePO), a constant.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ Metrics = dict[str, Array]
 # What a batch must hold for an objective: the shape of the response axis.
 PAIR = "pair"  # G == 2, chosen first
 SINGLE = "single"  # G == 1
+TRIPLE = "triple"  # G == 3: (gold, chosen, rejected)
 LIST = "list"  # G >= 2
 ANY = "any"  # any G
 
@@ -45,7 +46,7 @@ class Requirements:
     """What an objective needs from its input batch.
 
     Attributes:
-      responses: one of ``"pair"``, ``"single"``, ``"list"``, ``"any"``.
+      responses: one of ``"pair"``, ``"single"``, ``"triple"``, ``"list"``, ``"any"``.
       reference: whether reference log-probs are needed.
       labels: label keys needed (see ``batch.py``).
       extras: per-token extras needed (see ``batch.py``).
@@ -63,7 +64,7 @@ class Requirements:
             raise ValueError(
                 f"{name}: policy and mask must both be [B, G, T]; got "
                 f"{lp.policy.shape=} {lp.mask.shape=}")
-        wrong_g = {PAIR: g != 2, SINGLE: g != 1, LIST: g < 2}.get(self.responses, False)
+        wrong_g = {PAIR: g != 2, SINGLE: g != 1, TRIPLE: g != 3, LIST: g < 2}.get(self.responses, False)
         if wrong_g:
             raise ValueError(f"{name}: needs responses={self.responses!r}; batch has G={g}")
         if self.reference and lp.reference is None:
@@ -78,7 +79,7 @@ class Requirements:
                 raise ValueError(f"{name}: needs extras[{key!r}]; batch has extras {sorted(lp.extras)}")
 
     def describe(self) -> str:
-        parts = [{PAIR: "paired", SINGLE: "unpaired", LIST: "listwise", ANY: "any G"}[self.responses]]
+        parts = [{PAIR: "paired", SINGLE: "unpaired", TRIPLE: "triples", LIST: "listwise", ANY: "any G"}[self.responses]]
         parts.append("reference" if self.reference else "reference-free")
         parts += [f"labels[{k}]" for k in self.labels]
         parts += [f"extras[{k}]" for k in self.extras]

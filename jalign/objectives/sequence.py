@@ -93,3 +93,52 @@ def label(lp: LogProbs, name: str) -> Array:
     if name not in lp.labels:
         raise ValueError(f"this objective needs labels[{name!r}]; batch has labels {sorted(lp.labels)}")
     return lp.labels[name]
+
+
+# Log-probs at or above this are treated as -LOG_PROB_CEILING: log(1 - P) and the
+# log-odds stay finite (|log-odds| <= ~16) for P -> 1 and for invalid log-probs > 0.
+LOG_PROB_CEILING = 1e-7
+_LN2 = 0.6931471805599453
+
+
+def log1mexp(x: Array) -> Array:
+    """``log(1 - exp(x))`` for ``x < 0``, float32, stable at both ends.
+
+    Uses ``log(-expm1(x))`` near 0 and ``log1p(-exp(x))`` far from it
+    (Maechler, *Accurately Computing log(1 - exp(-|a|))*, 2012). Inputs are
+    clamped to ``<= -LOG_PROB_CEILING``; each branch sees only inputs where it
+    is finite, so the gradient is finite everywhere.
+    """
+    x = jnp.minimum(_f32(x), -LOG_PROB_CEILING)
+    near_zero = x > -_LN2
+    near = jnp.log(-jnp.expm1(jnp.where(near_zero, x, -1.0)))
+    far = jnp.log1p(-jnp.exp(jnp.where(near_zero, -1.0, x)))
+    return jnp.where(near_zero, near, far)
+
+
+# exp(50) ~ 5e21: far beyond any useful loss, yet its products with O(1e4)
+# log-ratios (the linear continuation) stay well inside float32 (max ~3.4e38).
+EXP_CAP = 50.0
+
+
+def capped_exp(x: Array) -> Array:
+    """``exp(x)`` in float32, continued linearly above ``x = EXP_CAP``.
+
+    Value and slope match at the cap, so the function stays increasing,
+    convex and C^1; losses built on it remain finite, with finite non-zero
+    gradients pointing the right way, for log-ratios of +/-1e4 where the exact
+    exponential overflows. Below the cap it is exactly ``exp``.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    # exp of the clipped value keeps the untaken branch (and its gradient) finite.
+    inside = jnp.exp(jnp.minimum(x, EXP_CAP))
+    beyond = jnp.exp(EXP_CAP) * (1.0 + (x - EXP_CAP))
+    return jnp.where(x > EXP_CAP, beyond, inside)
+
+
+def capped_expm1(x: Array) -> Array:
+    """``expm1(x)`` (accurate near 0) with the same linear continuation as :func:`capped_exp`."""
+    x = jnp.asarray(x, jnp.float32)
+    inside = jnp.expm1(jnp.minimum(x, EXP_CAP))
+    beyond = jnp.exp(EXP_CAP) * (1.0 + (x - EXP_CAP)) - 1.0
+    return jnp.where(x > EXP_CAP, beyond, inside)

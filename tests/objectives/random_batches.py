@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jalign.objectives import LogProbs
-from jalign.objectives.core import LIST, PAIR, SINGLE, Requirements
+from jalign.objectives.core import LIST, PAIR, SINGLE, TRIPLE, Requirements
 
-GROUPS = {PAIR: 2, SINGLE: 1, LIST: 4}
+GROUPS = {PAIR: 2, SINGLE: 1, TRIPLE: 3, LIST: 4}
 
 
 def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_scale=1.0,
@@ -36,11 +36,16 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "desirable": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
         "other_rewards": rng.normal(size=(batch, g, 2)),
         "token_reward": rng.normal(size=shape),
+        "kl_estimate": rng.normal(size=(batch,)),
     }
     extras = {
         "ref_kl": rng.uniform(0, 2, size=shape),
         "entropy": rng.uniform(0, 3, size=shape),
         "token_mask_logits": rng.normal(size=shape),
+        # log sum_v pi(v)^2 >= 2 log pi(y_t), and pi(y_t) / sum_v pi(v)^2 stays below
+        # ~sqrt(V) for a real distribution: here below e^3.
+        "log_prob_sq_sum": np.maximum(2 * policy, policy - rng.uniform(0, 3, size=shape)),
+        "reference_token_mask": rng.uniform(0, 1, size=shape),
     }
     as_array = lambda x: jnp.asarray(x, dtype)
     return LogProbs(

@@ -1,0 +1,323 @@
+"""Online and game-theoretic objectives, each with the sampling it declares.
+
+These objectives are still pure functions of a :class:`LogProbs` batch; what
+makes them *online* is where their responses and labels come from. Each class
+carries a :class:`Sampling` declaration (a class attribute, like
+``requires``): the policy each response slot is drawn from, the policy that
+fills ``reference``, and the labels an oracle must provide. The tabular engine
+(:mod:`jalign.tabular.engine`) satisfies it with exact expectations or
+samples; the LLM trainer with generation and a preference model.
+
+Labels used here besides ``"preference"`` ``[B]`` (P(y_0 ≻ y_1)):
+
+- ``"win_prob"`` ``[B, G]``: P(y_g ≻ y'') for y'' drawn from the declared
+  ``opponent`` policy, i.e. the expected win rate of each response. Valid
+  random values: U(0, 1).
+- ``"previous_logps"`` ``[B, G]``: log pi_t(y_g | x), the sequence log-prob of
+  each response under the previous iterate pi_t. Valid random values: any
+  finite reals (e.g. N(0, 1) - 5).
+
+Sources (strings, so declarations read plainly): ``"policy"`` (the current
+policy, without gradient), ``"reference"``, ``"mixture"`` (the geometric
+mixture ``pi^(1-b) ref^b``; ``b`` is the hyperparameter named by
+``Sampling.mixture``), ``"previous"`` (the previous iterate pi_t),
+``"extrapolated"`` (the policy after an extragradient half-step of this same
+objective), ``"uniform"`` (any full-support distribution, uniform in tabular).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jalign.objectives.batch import Array, LogProbs
+from jalign.objectives.core import PAIR, SINGLE, Objective, Requirements
+from jalign.objectives.metrics import reference_pairwise_metrics
+from jalign.objectives.pairwise import dpo_loss
+from jalign.objectives.registry import objective
+from jalign.objectives.sequence import label, log_ratios, pair_margin, policy_logps, reference_logps
+
+POLICY, REFERENCE, MIXTURE = "policy", "reference", "mixture"
+PREVIOUS, EXTRAPOLATED, UNIFORM = "previous", "extrapolated", "uniform"
+SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Where an online objective's responses and labels come from.
+
+    Attributes:
+      responses: the source of each response slot, e.g. ``("policy", "policy")``.
+      labels: label keys the oracle provides (``"preference"``, ``"win_prob"``,
+        ``"previous_logps"``).
+      opponent: the source ``"win_prob"`` is measured against.
+      reference: the source whose log-probs fill ``LogProbs.reference``
+        (``"reference"``, or ``"previous"`` for SPPO's proximal target).
+      mixture: name of the hyperparameter holding the mixture coefficient
+        ``b`` when a ``"mixture"`` source is used.
+    """
+
+    responses: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    opponent: str | None = None
+    reference: str = REFERENCE
+    mixture: str = "mixture"
+
+    def __post_init__(self):
+        used = self.responses + ((self.opponent,) if self.opponent else ()) + (self.reference,)
+        unknown = sorted(set(used) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown sampling source(s) {unknown}; valid: {SOURCES}")
+        if "win_prob" in self.labels and self.opponent is None:
+            raise ValueError("a 'win_prob' label needs an opponent source")
+
+    def sources(self) -> tuple[str, ...]:
+        """Every source the declaration uses."""
+        return self.responses + ((self.opponent,) if self.opponent else ()) + (self.reference,)
+
+
+def ipo_regression_loss(margin: Array, target: Array, *, tau) -> Array:
+    """IPO's squared regression of a log-ratio margin onto a preference target.
+
+    .. math::
+        \\ell = \\left(h - \\frac{t}{\\tau}\\right)^2
+
+    With ``t = p - 1/2`` for a preference probability ``p`` this is the
+    expectation over the Bernoulli label of IPO's sampled loss
+    ``(h(y_w, y_l) - 1/(2 tau))^2`` up to a constant (Azar et al. 2023, Eq. 17);
+    with ``t = P(y ≻ pi') - P(y' ≻ pi')`` it is IPO's population form
+    (Azar et al. 2023, Sec. 5).
+
+    Args:
+      margin: ``[B]`` log-ratio margin ``h``; target: ``[B]`` ``t``.
+
+    Returns:
+      ``[B]`` float32 losses.
+    """
+    return jnp.square(jnp.asarray(margin, jnp.float32) - jnp.asarray(target, jnp.float32) / tau)
+
+
+PAIRED_PREFERENCE = Requirements(responses=PAIR, reference=True, labels=("preference",))
+PAIRED_WIN_PROB = Requirements(responses=PAIR, reference=True, labels=("win_prob",))
+
+
+def _ipo_target(lp: LogProbs) -> Array:
+    return jnp.asarray(label(lp, "preference"), jnp.float32) - 0.5
+
+
+@objective(
+    "online_ipo",
+    citation="Calandriello et al. 2024, Human Alignment of Large Language Models through "
+    "Online Preference Optimisation, online IPO (IPO-MD with beta = 0); loss of Azar et al. 2023, Eq. 17",
+    requires=PAIRED_PREFERENCE,
+)
+class OnlineIPO(Objective):
+    """Online IPO: IPO on pairs sampled from the current policy, labelled by the oracle.
+
+    .. math::
+        E_{y, y' \\sim \\mathrm{sg}(\\pi)}\\left[\\left(h(y, y') - \\frac{P(y \\succ y') - 1/2}{\\tau}\\right)^2\\right]
+
+    Needs pairs, reference log-probs and ``labels["preference"]``.
+    """
+
+    sampling = Sampling(responses=(POLICY, POLICY), labels=("preference",))
+    tau: float = 0.1
+
+    def compute(self, lp: LogProbs):
+        margin = pair_margin(log_ratios(lp))
+        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau), reference_pairwise_metrics(lp, self.tau)
+
+
+@objective(
+    "ipo_md",
+    citation="Calandriello et al. 2024, Human Alignment of Large Language Models through "
+    "Online Preference Optimisation, IPO-MD (both responses from the geometric mixture)",
+    requires=PAIRED_PREFERENCE,
+)
+class IPOMD(Objective):
+    """IPO-MD: online IPO with both responses from ``sg(pi)^(1-b) ref^b`` (``b = mixture``).
+
+    Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO.
+    """
+
+    sampling = Sampling(responses=(MIXTURE, MIXTURE), labels=("preference",))
+    tau: float = 0.1
+    mixture: float = 0.5
+
+    def compute(self, lp: LogProbs):
+        margin = pair_margin(log_ratios(lp))
+        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau), reference_pairwise_metrics(lp, self.tau)
+
+
+def _contrast_loss(obj, lp: LogProbs):
+    win = jnp.asarray(label(lp, "win_prob"), jnp.float32)
+    target = win[:, 0] - win[:, 1]
+    losses = ipo_regression_loss(pair_margin(log_ratios(lp)), target, tau=obj.beta)
+    return losses, {**reference_pairwise_metrics(lp, obj.beta), "win_prob/margin": target}
+
+
+@objective(
+    "nash_md",
+    citation="Munos et al. 2023, Nash Learning from Human Feedback, Nash-MD; as the online-IPO "
+    "loss of Zhou et al. 2025, Extragradient Preference Optimization (EGPO)",
+    requires=PAIRED_WIN_PROB,
+)
+class NashMD(Objective):
+    """Nash-MD as a regression loss: one gradient step is one mirror-descent step.
+
+    .. math::
+        E_{y, y' \\sim \\mu}\\left[\\left(h(y, y') - \\frac{P(y \\succ \\pi^b) - P(y' \\succ \\pi^b)}{\\beta}\\right)^2\\right],
+        \\quad \\pi^b \\propto \\mathrm{sg}(\\pi)^{1-b} \\pi_{ref}^b
+
+    ``y, y'`` come from a full-support ``mu`` (uniform in the EGPO paper) and
+    ``labels["win_prob"]`` holds each response's win probability against the
+    mixture. For softmax logits with uniform ``mu`` over ``K`` actions, an SGD
+    step of size ``lr`` gives ``log pi' = (1 - a) log pi + a log ref + (a / beta) P pi^b``
+    (up to normalisation) with ``a = 4 lr / K``: Munos et al.'s Nash-MD step with
+    ``eta tau = a``, exact when ``mixture = a``. ``mixture = 0`` is online
+    mirror descent ("online IPO 1" in the EGPO paper).
+    """
+
+    sampling = Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=MIXTURE)
+    beta: float = 0.1
+    mixture: float = 0.1
+
+    def compute(self, lp: LogProbs):
+        return _contrast_loss(self, lp)
+
+
+@objective(
+    "egpo",
+    citation="Zhou et al. 2025, Extragradient Preference Optimization (EGPO): Beyond Last-Iterate "
+    "Convergence for Nash Learning from Human Feedback, online-IPO form of the extragradient update",
+    requires=PAIRED_WIN_PROB,
+)
+class EGPO(Objective):
+    """EGPO: the Nash-MD regression loss against the extragradient half-step.
+
+    .. math::
+        E_{y, y' \\sim \\mu}\\left[\\left(h(y, y') - \\frac{P(y \\succ \\pi_{t+1/2}) - P(y' \\succ \\pi_{t+1/2})}{\\beta}\\right)^2\\right]
+
+    where ``pi_{t+1/2}`` is the policy after one step of the same loss with the
+    current policy as opponent; the gradient is taken at the current iterate.
+    """
+
+    sampling = Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=EXTRAPOLATED)
+    beta: float = 0.1
+
+    def compute(self, lp: LogProbs):
+        return _contrast_loss(self, lp)
+
+
+@objective(
+    "nash_md_pg",
+    citation="Munos et al. 2023, Nash Learning from Human Feedback, Nash-MD-PG (policy gradient "
+    "against the geometric mixture)",
+    requires=PAIRED_PREFERENCE,
+)
+class NashMDPG(Objective):
+    """Nash-MD-PG: REINFORCE on the regularised preference against the mixture.
+
+    .. math::
+        -E_{y \\sim \\mathrm{sg}(\\pi), y' \\sim \\pi^b}\\left[\\mathrm{sg}\\left(P(y \\succ y') - \\tfrac12
+        - \\beta \\log\\frac{\\pi(y)}{\\pi_{ref}(y)}\\right) \\log \\pi(y)\\right]
+
+    Response 0 is from the policy, response 1 from the mixture;
+    ``labels["preference"]`` = P(y_0 ≻ y_1). Its gradient is the policy
+    gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``.
+    """
+
+    sampling = Sampling(responses=(POLICY, MIXTURE), labels=("preference",))
+    beta: float = 0.1
+    mixture: float = 0.1
+
+    def compute(self, lp: LogProbs):
+        advantage = _ipo_target(lp) - self.beta * log_ratios(lp)[:, 0]
+        logp = policy_logps(lp)[:, 0]
+        losses = -jax.lax.stop_gradient(advantage) * logp
+        return losses, {"advantage": jax.lax.stop_gradient(advantage)}
+
+
+@objective(
+    "sppo",
+    citation="Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, "
+    "the SPPO loss (squared log-ratio against the previous iterate)",
+    requires=Requirements(responses=SINGLE, reference=True, labels=("win_prob",)),
+)
+class SPPO(Objective):
+    """SPPO: regress ``log pi(y)/pi_t(y)`` onto ``eta (P(y ≻ pi_t) - 1/2)``.
+
+    .. math::
+        E_{y \\sim \\pi_t}\\left[\\left(\\log\\frac{\\pi(y)}{\\pi_t(y)} - \\eta\\left(P(y \\succ \\pi_t) - \\tfrac12\\right)\\right)^2\\right]
+
+    The ``reference`` slot holds the previous iterate pi_t (the declaration's
+    ``reference="previous"``); ``labels["win_prob"]`` ``[B, 1]`` is P(y ≻ pi_t).
+    Its minimiser is ``pi ∝ pi_t exp(eta P(. ≻ pi_t))``, a multiplicative-weights step.
+    """
+
+    sampling = Sampling(responses=(PREVIOUS,), labels=("win_prob",), opponent=PREVIOUS, reference=PREVIOUS)
+    eta: float = 1.0
+
+    def compute(self, lp: LogProbs):
+        ratio = log_ratios(lp)[:, 0]
+        target = self.eta * (jnp.asarray(label(lp, "win_prob"), jnp.float32)[:, 0] - 0.5)
+        return jnp.square(ratio - target), {"logratio": jax.lax.stop_gradient(ratio)}
+
+
+@objective(
+    "inpo",
+    citation="Zhang et al. 2024, Iterative Nash Policy Optimization: Aligning LLMs with General "
+    "Preferences via No-Regret Learning, the INPO loss",
+    requires=Requirements(responses=PAIR, reference=True, labels=("preference", "previous_logps")),
+)
+class INPO(Objective):
+    """INPO: online mirror descent on the regularised game as a pairwise IPO-style loss.
+
+    .. math::
+        h_t = \\log\\frac{\\pi(y)}{\\pi(y')} - \\eta\\tau \\log\\frac{\\pi_{ref}(y)}{\\pi_{ref}(y')}
+        - (1 - \\eta\\tau) \\log\\frac{\\pi_t(y)}{\\pi_t(y')}, \\qquad
+        \\ell = \\left(h_t - \\eta\\left(P(y \\succ y') - \\tfrac12\\right)\\right)^2
+
+    with ``y, y' ~ pi_t``; the expectation over the Bernoulli label of the
+    paper's ``(h_t(y_w, y_l) - eta/2)^2``, up to a constant. Its minimiser is
+    ``pi ∝ pi_t^(1 - eta tau) ref^(eta tau) exp(eta P(. ≻ pi_t))``.
+    """
+
+    sampling = Sampling(responses=(PREVIOUS, PREVIOUS), labels=("preference", "previous_logps"))
+    tau: float = 0.1
+    eta: float = 1.0
+
+    def compute(self, lp: LogProbs):
+        step = self.eta * self.tau
+        previous = jnp.asarray(label(lp, "previous_logps"), jnp.float32)
+        h = (pair_margin(policy_logps(lp)) - step * pair_margin(reference_logps(lp))
+             - (1.0 - step) * pair_margin(previous))
+        losses = jnp.square(h - self.eta * _ipo_target(lp))
+        return losses, {"h": jax.lax.stop_gradient(h)}
+
+
+@objective(
+    "online_dpo",
+    citation="Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback; "
+    "DPO loss of Rafailov et al. 2023, Eq. 7 with the oracle's preference as a soft label",
+    requires=PAIRED_PREFERENCE,
+)
+class OnlineDPO(Objective):
+    """Online DPO: DPO on on-policy pairs labelled by the oracle.
+
+    .. math::
+        -p \\log\\sigma(\\beta h) - (1 - p) \\log\\sigma(-\\beta h), \\quad y, y' \\sim \\mathrm{sg}(\\pi)
+
+    the expectation over the oracle's Bernoulli label ``p = P(y_0 ≻ y_1)`` of
+    DPO's loss (:func:`dpo_loss` with ``label_smoothing = 1 - p``).
+    """
+
+    sampling = Sampling(responses=(POLICY, POLICY), labels=("preference",))
+    beta: float = 0.1
+
+    def compute(self, lp: LogProbs):
+        p = jnp.asarray(label(lp, "preference"), jnp.float32)
+        losses = dpo_loss(pair_margin(log_ratios(lp)), beta=self.beta, label_smoothing=1.0 - p)
+        return losses, reference_pairwise_metrics(lp, self.beta)
