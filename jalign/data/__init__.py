@@ -1,1 +1,40 @@
+"""Preference data: formats, sources, validation, tokenisation, grain batches.
 
+See :mod:`jalign.data.pipeline` for the end-to-end entry points.
+"""
+
+from jalign.data.collate import Collator, bucket_lengths
+from jalign.data.formats import KINDS, Example, RecordFormat, detect_kind
+from jalign.data.pipeline import (
+    PreferenceData,
+    preference_batches,
+    read_preferences,
+)
+from jalign.data.sources import (
+    HFSource,
+    JsonlSource,
+    ParquetSource,
+    TfdsSource,
+    open_source,
+)
+from jalign.data.tokenization import (
+    TRUNCATIONS,
+    TokenizedExample,
+    Tokenization,
+    render,
+    tokenize,
+)
+from jalign.data.validation import (
+    REASONS,
+    Malformed,
+    MalformedRecordError,
+    SkipReport,
+)
+
+__all__ = [
+    "Collator", "bucket_lengths", "KINDS", "Example", "RecordFormat",
+    "detect_kind", "PreferenceData", "preference_batches", "read_preferences",
+    "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
+    "TRUNCATIONS", "TokenizedExample", "Tokenization", "render", "tokenize",
+    "REASONS", "Malformed", "MalformedRecordError", "SkipReport",
+]

@@ -1,0 +1,213 @@
+"""Every source yields the hand-written records it was written from.
+
+The same RECORDS (standard strings) and CHAT_RECORDS (nested message lists)
+are written as JSONL, Parquet, a Hugging Face dataset (from files and from
+disk) and a fake TFDS data source, and read back. `datasets` only reads
+local files here (its packaged json/parquet builders); nothing is
+downloaded. tensorflow-datasets is not installed: TfdsSource is tested with
+a fake object that has the interface of `tfds.data_source(...)`'s result.
+"""
+
+import json
+import sys
+import types
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jalign.data import (HFSource, JsonlSource, MalformedRecordError,
+                         ParquetSource, TfdsSource, open_source,
+                         read_preferences)
+
+RECORDS = [
+    {"prompt": "What is 2 + 3?", "chosen": " 5.", "rejected": " 6."},
+    {"prompt": "Capital of Peru?", "chosen": " Lima.", "rejected": " Cusco."},
+    {"prompt": "Opposite of hot?", "chosen": " Cold.", "rejected": " Warm."},
+]
+CHAT_RECORDS = [
+    {"prompt": [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Sky colour?"}],
+     "chosen": [{"role": "assistant", "content": "Blue."}],
+     "rejected": [{"role": "assistant", "content": "Green."}]},
+    {"prompt": [{"role": "user", "content": "2 times 3?"}],
+     "chosen": [{"role": "assistant", "content": "6."}],
+     "rejected": [{"role": "assistant", "content": "5."}]},
+]
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _parquet(path, records):
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+def _all(source):
+    return [source[i] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("records", [RECORDS, CHAT_RECORDS])
+def test_jsonl(tmp_path, records):
+    """JSONL lines read back as the dicts that were dumped."""
+    source = JsonlSource(_jsonl(tmp_path / "d.jsonl", records))
+    assert _all(source) == records
+    assert source.columns == ("prompt", "chosen", "rejected")
+    assert source.locate(1) == "record 1 (line 2)"
+
+
+@pytest.mark.parametrize("records", [RECORDS, CHAT_RECORDS])
+def test_parquet(tmp_path, records):
+    """Parquet rows (messages as list<struct>) read back as the records."""
+    source = ParquetSource(_parquet(tmp_path / "d.parquet", records))
+    assert _all(source) == records
+    assert source.columns == ("prompt", "chosen", "rejected")
+
+
+def test_parquet_null_is_a_missing_field(tmp_path, tokenizer):
+    """A null cell is a missing field, reported with the Parquet file."""
+    path = _parquet(tmp_path / "nulls.parquet",
+                    RECORDS[:1] + [{**RECORDS[1], "rejected": None}])
+    with pytest.raises(MalformedRecordError,
+                       match=r"nulls\.parquet: record 1: field 'rejected'"):
+        read_preferences(path, tokenizer)
+
+
+@pytest.mark.parametrize("records", [RECORDS, CHAT_RECORDS])
+@pytest.mark.parametrize("write", [_jsonl, _parquet])
+def test_hf_load_dataset_local_files(tmp_path, records, write):
+    """`datasets.load_dataset` on local JSONL / Parquet files, cached under
+    tmp_path, yields the records."""
+    path = write(tmp_path / ("d.jsonl" if write is _jsonl else "d.parquet"),
+                 records)
+    source = HFSource.from_files(str(path), cache_dir=str(tmp_path / "cache"))
+    assert _all(source) == records
+    assert source.name == str(path)
+
+
+def test_hf_load_from_disk(tmp_path):
+    """`save_to_disk` then `load_from_disk` (a DatasetDict needs a split)."""
+    datasets.Dataset.from_list(RECORDS).save_to_disk(tmp_path / "single")
+    assert _all(open_source(tmp_path / "single")) == RECORDS
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(CHAT_RECORDS)}
+                         ).save_to_disk(tmp_path / "dict")
+    with pytest.raises(ValueError, match=r"splits \['train'\]; pass split="):
+        HFSource.from_disk(tmp_path / "dict")
+    assert _all(HFSource.from_disk(tmp_path / "dict", "train")) == CHAT_RECORDS
+
+
+def test_hf_dataset_object():
+    """An in-memory `datasets.Dataset` is accepted directly."""
+    assert _all(open_source(datasets.Dataset.from_list(RECORDS))) == RECORDS
+
+
+class FakeTfdsDataSource:
+    """Stands in for `tfds.data_source(...)`: len and getitem return NumPy
+    feature dicts, Text as bytes, a Sequence of dicts as a dict of arrays."""
+
+    def __init__(self, records):
+        self._records = records
+
+    def __len__(self):
+        return len(self._records)
+
+    def __getitem__(self, index):
+        return {k: _as_tfds(v) for k, v in self._records[index].items()}
+
+
+def _as_tfds(value):
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, float):
+        return np.float32(value)
+    if value and isinstance(value[0], dict):
+        return {k: np.array([m[k].encode() for m in value], dtype=object)
+                for k in value[0]}
+    return np.array([_as_tfds(v) for v in value])
+
+
+@pytest.mark.parametrize("records", [
+    RECORDS, CHAT_RECORDS,
+    [{"prompt": "Pick.", "responses": ["A.", "B.", "C."],
+      "scores": [0.5, 2.0, 1.0]}],
+    [{"prompt": "Hi", "completion": "Hello.", "label": True}],
+])
+def test_tfds_decoding(records):
+    """TFDS bytes, arrays and sequence-of-dict features decode back to the
+    records."""
+    source = TfdsSource(FakeTfdsDataSource(records), name="tfds:fake[train]")
+    assert _all(source) == records
+    assert source.columns == tuple(records[0])
+
+
+def test_tfds_load_calls_data_source(monkeypatch):
+    """`TfdsSource.load` calls `tfds.data_source(name, split=, data_dir=)`
+    (a fake module stands in for tensorflow_datasets)."""
+    calls = []
+
+    def data_source(name, *, split, data_dir):
+        calls.append((name, split, data_dir))
+        return FakeTfdsDataSource(RECORDS)
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(data_source=data_source))
+    source = TfdsSource.load("my_prefs", split="train[:3]", data_dir="/d")
+    assert calls == [("my_prefs", "train[:3]", "/d")]
+    assert source.name == "tfds:my_prefs[train[:3]]"
+    assert _all(source) == RECORDS
+
+
+def test_tfds_missing_package_says_how_to_install(monkeypatch):
+    """Without tensorflow-datasets the error names the extra to install."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=r"jalign\[tfds\]"):
+        TfdsSource.load("my_prefs", split="train")
+
+
+def test_every_source_gives_the_same_examples(tmp_path, tokenizer):
+    """Tokenised examples do not depend on the storage format."""
+    sources = [
+        _jsonl(tmp_path / "d.jsonl", CHAT_RECORDS),
+        _parquet(tmp_path / "d.parquet", CHAT_RECORDS),
+        datasets.Dataset.from_list(CHAT_RECORDS),
+        TfdsSource(FakeTfdsDataSource(CHAT_RECORDS), name="tfds:fake"),
+    ]
+    tokenized = [read_preferences(s, tokenizer).examples for s in sources]
+    for examples in tokenized[1:]:
+        for a, b in zip(tokenized[0], examples, strict=True):
+            np.testing.assert_array_equal(a.prompt, b.prompt)
+            for ra, rb in zip(a.responses, b.responses, strict=True):
+                np.testing.assert_array_equal(ra, rb)
+
+
+def test_open_source_rejects_unknown_files(tmp_path):
+    """Unknown file types are named in the error."""
+    with pytest.raises(ValueError, match=r"d\.csv: unknown data file type"):
+        open_source(tmp_path / "d.csv")
+
+
+def test_open_source_rejects_other_objects():
+    """An object that is not a known dataset type is a TypeError, even if it
+    has column names (a pyarrow Table)."""
+    with pytest.raises(TypeError, match="cannot read preference records"):
+        open_source(pa.Table.from_pylist(RECORDS))
+
+
+def test_hf_files_are_validated_like_jsonl(tmp_path, tokenizer):
+    """A non-string response read through `datasets` is still reported with
+    the file, record and field. (The good record's strings must not parse
+    as JSON: `datasets` gives a mixed-type column its `Json` feature, which
+    decodes a string such as " 5." into 5.0.)"""
+    path = _jsonl(tmp_path / "mixed.jsonl", RECORDS[1:2] + [
+        {**RECORDS[2], "chosen": 5}])
+    source = HFSource.from_files(str(path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(MalformedRecordError,
+                       match=r"mixed\.jsonl: record 1: field 'chosen'"):
+        read_preferences(source, tokenizer)
