@@ -1,0 +1,293 @@
+"""Decoder configuration: one frozen dataclass, named presets, HF conversion.
+
+Every field comment names the Hugging Face ``config.json`` key it maps from
+(GPT-2 spellings after the slash). The families differ only through these
+switches; `jalign.models.decoder` reads them and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
+
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh",
+                "gelu_new": "gelu_tanh", "gelu": "gelu", "gelu_fast": "gelu_tanh"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only transformer."""
+
+    model_type: str                    # model_type (one of FAMILIES)
+    vocab_size: int                    # vocab_size
+    hidden_size: int                   # hidden_size / n_embd
+    num_layers: int                    # num_hidden_layers / n_layer
+    num_heads: int                     # num_attention_heads / n_head
+    num_kv_heads: int                  # num_key_value_heads (GPT-2: n_head)
+    head_dim: int                      # head_dim (default hidden_size // heads)
+    mlp_dim: int                       # intermediate_size / n_inner (4 * n_embd)
+    norm: str = "rms"                  # "rms" (RMSNorm) | "layer" (GPT-2 LayerNorm)
+    norm_eps: float = 1e-6             # rms_norm_eps / layer_norm_epsilon
+    norm_offset: float = 0.0           # Gemma RMSNorm multiplies by (1 + weight)
+    post_norms: bool = False           # Gemma 2 post_attention/post_feedforward norms
+    positions: str = "rope"            # "rope" | "learned" (GPT-2 wpe)
+    max_positions: int = 8192          # max_position_embeddings / n_positions
+    rope_theta: float = 10000.0        # rope_parameters.rope_theta
+    rope_type: str = "default"         # rope_parameters.rope_type: default|linear|llama3
+    rope_factor: float = 1.0           # rope_parameters.factor
+    rope_low_freq_factor: float = 1.0  # rope_parameters.low_freq_factor (llama3)
+    rope_high_freq_factor: float = 4.0  # rope_parameters.high_freq_factor (llama3)
+    rope_original_max_positions: int = 8192  # rope_parameters.original_max_position_embeddings
+    gated_mlp: bool = True             # gate_proj * up_proj (GPT-2: c_fc only)
+    activation: str = "silu"           # hidden_act / hidden_activation / activation_function
+    qkv_bias: bool = False             # attention_bias (Qwen2: always on q/k/v)
+    out_bias: bool = False             # attention_bias on o_proj (GPT-2: c_proj bias)
+    mlp_bias: bool = False             # mlp_bias (GPT-2: always)
+    qk_norm: bool = False              # Qwen3 q_norm / k_norm over head_dim
+    query_scale: float | None = None   # query_pre_attn_scalar ** -0.5 (else head_dim ** -0.5)
+    attn_softcap: float | None = None  # attn_logit_softcapping
+    final_softcap: float | None = None  # final_logit_softcapping
+    sliding_window: int | None = None  # sliding_window (key i-W < j <= i)
+    layer_types: tuple[str, ...] = ()  # layer_types: "full_attention" | "sliding_attention"
+    tie_embeddings: bool = False       # tie_word_embeddings
+    embed_scale: bool = False          # Gemma: embeddings times sqrt(hidden_size)
+    bos_token_id: int | None = None    # bos_token_id
+    eos_token_id: int | None = None    # eos_token_id (first one when a list)
+    pad_token_id: int | None = None    # pad_token_id
+    dtype: str = "float32"             # compute dtype of activations (not in HF)
+    param_dtype: str = "float32"       # storage dtype of parameters (HF dtype)
+    remat: bool = False                # rematerialise each block in the backward pass
+
+    def __post_init__(self):
+        if self.model_type not in FAMILIES:
+            raise ValueError(f"unknown model_type {self.model_type!r}; expected one of {FAMILIES}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{self.num_heads=} is not a multiple of {self.num_kv_heads=}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"{len(self.layer_types)=} != {self.num_layers=}")
+        if self.activation not in _ACTIVATIONS.values():
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(f"unsupported rope_type {self.rope_type!r}")
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window width of ``layer``, or None for full attention."""
+        if self.layer_types:
+            return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+        return self.sliding_window
+
+    @property
+    def scale(self) -> float:
+        """Multiplier applied to q.k attention scores."""
+        return self.query_scale if self.query_scale is not None else self.head_dim ** -0.5
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _rope_fields(hf: dict) -> dict:
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    return dict(
+        rope_theta=float(theta), rope_type=rope_type,
+        rope_factor=float(rope.get("factor", 1.0)),
+        rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        rope_original_max_positions=int(rope.get("original_max_position_embeddings", 8192)))
+
+
+def _first(token_id):
+    return token_id[0] if isinstance(token_id, list) else token_id
+
+
+def _gpt2_fields(hf: dict) -> dict:
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+        raise ValueError("GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn unsupported")
+    hidden, heads = hf["n_embd"], hf["n_head"]
+    return dict(
+        hidden_size=hidden, num_layers=hf["n_layer"], num_heads=heads, num_kv_heads=heads,
+        head_dim=hidden // heads, mlp_dim=hf.get("n_inner") or 4 * hidden, norm="layer",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), positions="learned",
+        max_positions=hf["n_positions"], gated_mlp=False,
+        activation=_ACTIVATIONS[hf.get("activation_function", "gelu_new")],
+        qkv_bias=True, out_bias=True, mlp_bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
+def _rope_family_fields(hf: dict, model_type: str) -> dict:
+    heads = hf["num_attention_heads"]
+    hidden = hf["hidden_size"]
+    num_layers = hf["num_hidden_layers"]
+    fields = dict(
+        hidden_size=hidden, num_layers=num_layers, num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hidden // heads, mlp_dim=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        max_positions=hf.get("max_position_embeddings", 8192),
+        activation=_ACTIVATIONS[hf.get("hidden_activation") or hf.get("hidden_act", "silu")],
+        qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
+        out_bias=model_type != "qwen2" and bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        tie_embeddings=hf.get("tie_word_embeddings", model_type.startswith("gemma")),
+        **_rope_fields(hf))
+    if model_type in ("gemma", "gemma2"):
+        fields.update(norm_offset=1.0, embed_scale=True)
+    if model_type == "gemma2":
+        fields.update(post_norms=True, attn_softcap=hf.get("attn_logit_softcapping"),
+                      final_softcap=hf.get("final_logit_softcapping"),
+                      query_scale=hf.get("query_pre_attn_scalar", 256) ** -0.5)
+    if model_type == "qwen3":
+        fields.update(qk_norm=True)
+    if model_type == "mistral":
+        fields.update(sliding_window=hf.get("sliding_window"))
+    elif model_type in ("gemma2", "qwen2", "qwen3"):
+        use = model_type == "gemma2" or hf.get("use_sliding_window", False)
+        fields.update(sliding_window=hf.get("sliding_window") if use else None,
+                      layer_types=_layer_types(hf, model_type, num_layers) if use else ())
+    return fields
+
+
+def _layer_types(hf: dict, model_type: str, num_layers: int) -> tuple[str, ...]:
+    """``layer_types``, or the HF v4 default when a config.json predates the key."""
+    if hf.get("layer_types"):
+        return tuple(hf["layer_types"])
+    if model_type == "gemma2":     # even layers slide
+        return tuple("sliding_attention" if i % 2 == 0 else "full_attention"
+                     for i in range(num_layers))
+    first = hf.get("max_window_layers", num_layers)    # Qwen: layers >= max_window_layers slide
+    return tuple("sliding_attention" if i >= first else "full_attention"
+                 for i in range(num_layers))
+
+
+def config_from_hf(hf: dict | str | os.PathLike, **overrides: Any) -> ModelConfig:
+    """Builds a ModelConfig from a HF config dict, a config.json, or its directory.
+
+    ``overrides`` set non-HF fields such as ``dtype``, ``param_dtype``, ``remat``.
+    """
+    if not isinstance(hf, dict):
+        path = os.path.join(hf, "config.json") if os.path.isdir(hf) else hf
+        with open(path) as f:
+            hf = json.load(f)
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {FAMILIES}")
+    fields = _gpt2_fields(hf) if model_type == "gpt2" else _rope_family_fields(hf, model_type)
+    fields.update(model_type=model_type, vocab_size=hf["vocab_size"],
+                  bos_token_id=_first(hf.get("bos_token_id")),
+                  eos_token_id=_first(hf.get("eos_token_id")),
+                  pad_token_id=_first(hf.get("pad_token_id")))
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+_HF_ACT = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+         "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+
+
+def _rope_parameters(cfg: ModelConfig) -> dict:
+    rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type in ("linear", "llama3"):
+        rope["factor"] = cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        rope.update(low_freq_factor=cfg.rope_low_freq_factor,
+                    high_freq_factor=cfg.rope_high_freq_factor,
+                    original_max_position_embeddings=cfg.rope_original_max_positions)
+    return rope
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """Inverse of `config_from_hf`: a dict `transformers.AutoConfig` accepts."""
+    hf: dict[str, Any] = dict(
+        model_type=cfg.model_type, architectures=[_ARCH[cfg.model_type]],
+        vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id, dtype=cfg.param_dtype)
+    if cfg.model_type == "gpt2":
+        act = "gelu_new" if cfg.activation == "gelu_tanh" else cfg.activation
+        hf.update(n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+                  n_inner=cfg.mlp_dim, n_positions=cfg.max_positions,
+                  layer_norm_epsilon=cfg.norm_eps, activation_function=act)
+        return hf
+    hf.update(
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.norm_eps,
+        max_position_embeddings=cfg.max_positions, hidden_act=_HF_ACT[cfg.activation],
+        rope_parameters=_rope_parameters(cfg), mlp_bias=cfg.mlp_bias,
+        attention_bias=cfg.qkv_bias and cfg.model_type != "qwen2")
+    if cfg.model_type == "gemma2":
+        hf.update(hidden_activation=_HF_ACT[cfg.activation],
+                  query_pre_attn_scalar=round(cfg.scale ** -2),
+                  attn_logit_softcapping=cfg.attn_softcap,
+                  final_logit_softcapping=cfg.final_softcap)
+    if cfg.sliding_window is not None:
+        hf.update(sliding_window=cfg.sliding_window, use_sliding_window=True)
+    if cfg.layer_types:
+        hf.update(layer_types=list(cfg.layer_types))
+    return hf
+
+
+# Named presets: the published configurations of common checkpoints.
+
+def llama2_7b(**kw) -> ModelConfig:
+    return ModelConfig("llama", 32000, 4096, 32, 32, 32, 128, 11008, norm_eps=1e-5,
+                       max_positions=4096, bos_token_id=1, eos_token_id=2, **kw)
+
+
+def llama3_2_1b(**kw) -> ModelConfig:
+    return ModelConfig("llama", 128256, 2048, 16, 32, 8, 64, 8192, norm_eps=1e-5,
+                       max_positions=131072, rope_theta=500000.0, rope_type="llama3",
+                       rope_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                       rope_original_max_positions=8192, tie_embeddings=True,
+                       bos_token_id=128000, eos_token_id=128001, **kw)
+
+
+def mistral_7b(**kw) -> ModelConfig:
+    return ModelConfig("mistral", 32000, 4096, 32, 32, 8, 128, 14336, norm_eps=1e-5,
+                       max_positions=32768, sliding_window=4096,
+                       bos_token_id=1, eos_token_id=2, **kw)
+
+
+def qwen2_5_0_5b(**kw) -> ModelConfig:
+    return ModelConfig("qwen2", 151936, 896, 24, 14, 2, 64, 4864, qkv_bias=True,
+                       max_positions=32768, rope_theta=1000000.0, tie_embeddings=True,
+                       bos_token_id=151643, eos_token_id=151643, **kw)
+
+
+def qwen3_0_6b(**kw) -> ModelConfig:
+    return ModelConfig("qwen3", 151936, 1024, 28, 16, 8, 128, 3072, qk_norm=True,
+                       max_positions=40960, rope_theta=1000000.0, tie_embeddings=True,
+                       bos_token_id=151643, eos_token_id=151645, **kw)
+
+
+def gemma_2b(**kw) -> ModelConfig:
+    return ModelConfig("gemma", 256000, 2048, 18, 8, 1, 256, 16384, norm_offset=1.0,
+                       activation="gelu_tanh", embed_scale=True, tie_embeddings=True,
+                       bos_token_id=2, eos_token_id=1, pad_token_id=0, **kw)
+
+
+def gemma2_2b(**kw) -> ModelConfig:
+    return ModelConfig("gemma2", 256000, 2304, 26, 8, 4, 256, 9216, norm_offset=1.0,
+                       post_norms=True, activation="gelu_tanh", embed_scale=True,
+                       query_scale=256 ** -0.5, attn_softcap=50.0, final_softcap=30.0,
+                       sliding_window=4096,
+                       layer_types=("sliding_attention", "full_attention") * 13,
+                       tie_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0, **kw)
+
+
+def gpt2_small(**kw) -> ModelConfig:
+    return ModelConfig("gpt2", 50257, 768, 12, 12, 12, 64, 3072, norm="layer", norm_eps=1e-5,
+                       positions="learned", max_positions=1024, gated_mlp=False,
+                       activation="gelu_tanh", qkv_bias=True, out_bias=True, mlp_bias=True,
+                       tie_embeddings=True, bos_token_id=50256, eos_token_id=50256, **kw)
+
+
+PRESETS = {f.__name__: f for f in (llama2_7b, llama3_2_1b, mistral_7b, qwen2_5_0_5b,
+                                   qwen3_0_6b, gemma_2b, gemma2_2b, gpt2_small)}

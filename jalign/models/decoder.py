@@ -1,0 +1,189 @@
+"""The decoder: one implementation for Llama, Mistral, Qwen2/3, Gemma/Gemma 2, GPT-2.
+
+Three ways to run it, all through the same blocks:
+
+* ``model(tokens, mask)``: a padded batch [B, T] -> fp32 logits [B, T, V], or
+  final-normed hidden states [B, T, E] with ``return_hidden=True`` for the
+  fused log-prob kernels (they take `Decoder.output_projection`).
+* ``encode_prompt`` then ``forward_completions``: a prompt [B, P] is encoded
+  once and G completions [B, G, C] attend to its keys without copying them.
+* ``init_cache`` then ``decode``: a fixed-size KV cache for generation
+  (`jalign.models.sampling`).
+
+Padding may be left or right; positions default to ``cumsum(mask) - 1``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jalign.models.attention import Attention, Context
+from jalign.models.config import ModelConfig
+from jalign.models.layers import MLP, Norm, Projection, constrain, param, rope_frequencies
+
+
+class PromptCache(NamedTuple):
+    """Keys/values of an encoded prompt (also the generation KV cache).
+
+    k, v: per layer [B, S, K, D]; positions [B, S] int32; valid [B, S] bool;
+    length: int32 scalar, the number of filled slots.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    positions: jax.Array
+    valid: jax.Array
+    length: jax.Array
+
+
+class OutputProjection(NamedTuple):
+    """What a fused log-prob kernel needs: logits = softcap(hidden @ kernel + bias)."""
+
+    kernel: jax.Array          # [E, V]
+    bias: jax.Array | None     # [V]
+    softcap: float | None      # final-logit soft-cap: cap * tanh(logits / cap)
+
+
+def default_positions(mask: jax.Array) -> jax.Array:
+    """Positions of valid tokens counted from 0 in each row: mask [..., T] -> [..., T]."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block; Gemma 2 adds norms after attention and MLP."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        e = cfg.hidden_size
+        self.input_norm = Norm(e, cfg, rngs=rngs)
+        self.attn = Attention(cfg, layer, rngs=rngs)
+        self.mlp_norm = Norm(e, cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.post_attn_norm = Norm(e, cfg, rngs=rngs) if cfg.post_norms else None
+        self.post_mlp_norm = Norm(e, cfg, rngs=rngs) if cfg.post_norms else None
+
+    def __call__(self, x, ctx: Context, inv_freq, kv):
+        """x [B, G, T, E] -> ([B, G, T, E], kept keys/values; see `Attention`)."""
+        h, kv = self.attn(self.input_norm(x), ctx, inv_freq, kv)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h)
+        x = x + h
+        h = self.mlp(self.mlp_norm(x))
+        if self.post_mlp_norm is not None:
+            h = self.post_mlp_norm(h)
+        return constrain(x + h, ("batch", None, "length", "embed")), kv
+
+
+def _call_block(block: Block, x, ctx, inv_freq, kv):
+    return block(x, ctx, inv_freq, kv)
+
+
+_call_block_remat = nnx.remat(_call_block)
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer configured by a `ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        e, v = cfg.hidden_size, cfg.vocab_size
+        self.embed = param(rngs, (v, e), ("vocab", "embed"), cfg.param_dtype)
+        self.pos_embed = (param(rngs, (cfg.max_positions, e), ("positions", "embed"),
+                                cfg.param_dtype) if cfg.positions == "learned" else None)
+        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+        self.final_norm = Norm(e, cfg, rngs=rngs)
+        self.lm_head = None if cfg.tie_embeddings else Projection(
+            "E", "V", (e,), (v,), ("embed", "vocab"), bias=False, dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype, rngs=rngs)
+
+    def output_projection(self) -> OutputProjection:
+        """The [E, V] output kernel (the embedding transposed when tied)."""
+        kernel = self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]
+        return OutputProjection(kernel, None, self.cfg.final_softcap)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., E] -> fp32 logits [..., V], soft-capped when configured."""
+        out = self.output_projection()
+        logits = jnp.einsum("...E,EV->...V", hidden, out.kernel.astype(hidden.dtype),
+                            preferred_element_type=jnp.float32)
+        if out.softcap is not None:
+            logits = jnp.tanh(logits / out.softcap) * out.softcap
+        return logits
+
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        x = self.embed[...][tokens].astype(self.cfg.dtype)                 # [..., T, E]
+        if self.cfg.embed_scale:
+            x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.cfg.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...][positions].astype(self.cfg.dtype)
+        return x
+
+    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool):
+        """tokens [B, G, T] -> (logits [B, G, T, V] or hidden, kept k/v per layer)."""
+        x = self._embed(tokens, ctx.q_pos)
+        inv_freq = rope_frequencies(self.cfg)
+        call = _call_block_remat if self.cfg.remat else _call_block
+        kept = []
+        for i, block in enumerate(self.layers):
+            x, kv = call(block, x, ctx, inv_freq, None if kvs is None else kvs[i])
+            kept.append(kv)
+        x = self.final_norm(x)
+        return (x if return_hidden else self.logits(x)), kept
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array | None = None,
+                 positions: jax.Array | None = None, *, return_hidden: bool = False):
+        """tokens, mask, positions [B, T] -> logits [B, T, V] (or hidden [B, T, E])."""
+        mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+        positions = default_positions(mask) if positions is None else positions
+        ctx = Context(positions[:, None], jnp.arange(tokens.shape[1]), mask[:, None])
+        out, _ = self._run(tokens[:, None], ctx, None, return_hidden)
+        return out[:, 0]
+
+    def encode_prompt(self, tokens: jax.Array, mask: jax.Array | None = None) -> PromptCache:
+        """Encodes a prompt [B, P] once; completions then attend to its keys."""
+        mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+        positions = default_positions(mask)
+        ctx = Context(positions[:, None], jnp.arange(tokens.shape[1]), mask[:, None])
+        _, kept = self._run(tokens[:, None], ctx, None, return_hidden=True)
+        return PromptCache(tuple(k[:, 0] for k, _ in kept), tuple(v[:, 0] for _, v in kept),
+                           positions, mask, jnp.asarray(tokens.shape[1], jnp.int32))
+
+    def forward_completions(self, prompt: PromptCache, tokens: jax.Array,
+                            mask: jax.Array | None = None, *, return_hidden: bool = False):
+        """G completions per prompt, tokens/mask [B, G, C] -> logits [B, G, C, V].
+
+        Equals running the model on each prompt+completion concatenation, with
+        the completion positions continuing the prompt's.
+        """
+        mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+        start = prompt.valid.sum(-1).astype(jnp.int32)[:, None, None]       # [B, 1, 1]
+        positions = start + default_positions(mask)
+        q_idx = prompt.length + jnp.arange(tokens.shape[-1])
+        ctx = Context(positions, q_idx, mask, prompt.positions,
+                      jnp.arange(prompt.valid.shape[1]), prompt.valid)
+        out, _ = self._run(tokens, ctx, list(zip(prompt.k, prompt.v)), return_hidden)
+        return out
+
+    def init_cache(self, batch: int, size: int) -> PromptCache:
+        """An empty KV cache of ``size`` slots per row."""
+        shape = (batch, size, self.cfg.num_kv_heads, self.cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, self.cfg.dtype) for _ in range(self.cfg.num_layers))
+        return PromptCache(zeros, zeros, jnp.zeros((batch, size), jnp.int32),
+                           jnp.zeros((batch, size), bool), jnp.asarray(0, jnp.int32))
+
+    def decode(self, tokens: jax.Array, mask: jax.Array, positions: jax.Array,
+               cache: PromptCache) -> tuple[jax.Array, PromptCache]:
+        """Appends tokens [B, T] at slot ``cache.length``: -> (logits [B, T, V], cache)."""
+        t = tokens.shape[1]
+        at = cache.length
+        kv_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, at))
+        kv_valid = jax.lax.dynamic_update_slice(cache.valid, mask.astype(bool), (0, at))
+        ctx = Context(positions[:, None], at + jnp.arange(t), mask[:, None].astype(bool),
+                      kv_pos, jnp.arange(cache.valid.shape[1]), kv_valid, at)
+        logits, kept = self._run(tokens[:, None], ctx, list(zip(cache.k, cache.v)), False)
+        new = PromptCache(tuple(k for k, _ in kept), tuple(v for _, v in kept),
+                          kv_pos, kv_valid, at + t)
+        return logits[:, 0], new
