@@ -6,8 +6,8 @@ jax, chex and numpy: no models, sharding, data or training code.
 """
 
 from jalign.objectives import (  # noqa: F401  (importing a family registers its objectives)
-    anchored, distributional, fdpo, gpo, listwise, pairwise, reference_free, robust, sft, token_level,
-    unpaired, weighted,
+    anchored, distributional, fdpo, gpo, listwise, online, pairwise, reference_free, robust, sft,
+    token_level, unpaired, weighted,
 )
 from jalign.objectives.batch import LogProbs, from_sequences
 from jalign.objectives.core import Objective, Requirements, Scaled, Sum, batch_mean, static_field

@@ -15,6 +15,10 @@ Known label keys (objectives declare which they need):
 - ``"kl_estimate"`` ``[B]`` or scalar: log-ratio of a completion from another
   example, the KL reference point of KTO.
 - ``"list_mask"`` ``[B, G]``: 1 for real entries of a ragged ranked list.
+- ``"win_prob"`` ``[B, G]``: P(y_g beats a response of the opponent policy)
+  (Nash-MD, SPPO, EGPO).
+- ``"previous_logps"`` ``[B, G]``: sequence log-prob under the previous iterate
+  (INPO, SPPO).
 - ``"example_weight"`` ``[B]``: weight of each example in the batch mean; 0 for
   padding rows of a fixed-size batch.
 
