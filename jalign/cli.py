@@ -1,4 +1,4 @@
-"""The `jalign` command line: `jalign objectives`, `jalign reproduce NAME`."""
+"""The `jalign` command line: train, sweep, reproduce, objectives."""
 
 from __future__ import annotations
 
@@ -58,6 +58,55 @@ def _reproduce(args) -> int:
     return 0
 
 
+def load_experiment(path: str, overrides: list[str]):
+    """Calls ``experiment()`` in an experiment file and applies ``--set`` overrides."""
+    from jalign.train.overrides import apply_overrides
+
+    module = load_module(pathlib.Path(path))
+    if not hasattr(module, "experiment"):
+        raise SystemExit(f"{path}: an experiment file must define experiment() -> Experiment")
+    return module, apply_overrides(module.experiment(), overrides)
+
+
+def _run_experiment(module, config) -> dict:
+    """The file's own ``run(config)`` when it has one (custom evaluation), else ``train``."""
+    if hasattr(module, "run"):
+        return module.run(config)
+    from jalign.train.loop import train
+
+    return train(config)
+
+
+def _join_processes() -> None:
+    """Multi-host start-up (a no-op for one process); must precede any JAX computation."""
+    from jalign.sharding import initialize
+
+    initialize()
+
+
+def _train(args) -> int:
+    _join_processes()
+    module, config = load_experiment(args.file, args.set)
+    result = _run_experiment(module, config)
+    print(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _sweep(args) -> int:
+    from jalign.train import sweep
+
+    _join_processes()
+    module, config = load_experiment(args.file, args.set)
+    grid = sweep.parse_grid(args.grid)
+    out_dir = pathlib.Path(args.out)
+    if args.print_commands:
+        print("\n".join(sweep.launch_commands(args.file, grid, config, out_dir, args.set)))
+        return 0
+    rows = sweep.run_sweep(config, grid, out_dir, lambda cfg: _run_experiment(module, cfg))
+    print(f"{len(rows)} points; wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jalign", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     objectives = commands.add_parser("objectives", help="list objectives with citation, inputs, hyperparameters")
     objectives.add_argument("name", nargs="*", help="only these objectives")
     objectives.set_defaults(run=_objectives_table)
+
+    train = commands.add_parser("train", help="run an experiment file")
+    train.add_argument("file", help="experiment file defining experiment()")
+    train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="typed override")
+    train.set_defaults(run=_train)
+
+    sweep = commands.add_parser("sweep", help="run an experiment over a grid of config values")
+    sweep.add_argument("file", help="experiment file defining experiment()")
+    sweep.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                       help="grid axes: config paths, or objective hyperparameters (beta = KL strength)")
+    sweep.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override for all points")
+    sweep.add_argument("--out", default="runs/sweep", help="sweep folder (one sub-folder per point)")
+    sweep.add_argument("--print-commands", action="store_true",
+                       help="print one `jalign train` command per point (run it on every host of a slice)")
+    sweep.set_defaults(run=_sweep)
 
     reproduce = commands.add_parser("reproduce", help="run a theory-paper reproduction")
     reproduce.add_argument("name", help="reproduction name (file in experiments/reproduce)")

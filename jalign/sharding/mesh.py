@@ -7,7 +7,7 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -38,6 +38,9 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
     """A ``Mesh`` over ``devices`` (default: all, across processes) with axes :data:`AXES`."""
     devices = jax.devices() if devices is None else list(devices)
     sizes = config.sizes(len(devices))
+    # Auto axes: XLA's partitioner propagates shardings from the jit boundary,
+    # so model and kernel code need no sharding-in-types annotations.
+    auto = (AxisType.Auto,) * len(AXES)
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(sizes, AXES, devices=devices)
-    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+        return jax.make_mesh(sizes, AXES, axis_types=auto, devices=devices)
+    return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=auto)

@@ -44,6 +44,10 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
                         mesh: Mesh) -> Any:
     """Shardings of ``tx.init(params)``: moment buffers follow their parameter.
 
+    For an ``nnx.State`` of Variables the buffers are Variables carrying the
+    same logical names; for plain arrays they are matched to ``param_shardings``
+    through ``optax.tree_map_params``.
+
     Args:
       tx: the optax transformation.
       params: parameter pytree (arrays or ShapeDtypeStructs).
@@ -52,6 +56,9 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
     """
     abstract_state = jax.eval_shape(tx.init, params)
     replicated = NamedSharding(mesh, PartitionSpec())
+    if any(_is_variable(x) for x in jax.tree.leaves(params, is_leaf=_is_variable)):
+        # nnx states: the moment buffers are Variables that kept their logical names.
+        return state_shardings(abstract_state, mesh)
     return optax.tree_map_params(
         tx, lambda _, sharding: sharding, abstract_state, param_shardings,
         transform_non_params=lambda _: replicated)

@@ -12,7 +12,7 @@ def hf_checkpoints(tmp_path_factory):
 
     def get(family):
         if family not in cache:
-            from hf_tiny import build_torch_model    # skips without torch
+            from hf_tiny import build_torch_model
             model = build_torch_model(family)
             directory = str(tmp_path_factory.mktemp(family))
             model.save_pretrained(directory)

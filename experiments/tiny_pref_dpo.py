@@ -1,0 +1,31 @@
+"""DPO on the shipped tiny preference file with a randomly initialised tiny Llama.
+
+    jalign train experiments/tiny_pref_dpo.py --set objective.beta=0.2
+    jalign sweep experiments/tiny_pref_dpo.py --grid objective=dpo,ipo beta=0.05,0.2
+"""
+
+import json
+import pathlib
+
+from jalign.models import ModelConfig
+from jalign.models.tokenizer import train_tiny_tokenizer
+from jalign.objectives import dpo
+from jalign.train.config import DataSection, Experiment, ModelSection, TrainSection
+from jalign.train.optim import OptimizerConfig
+
+DATA = pathlib.Path(__file__).parent / "data" / "tiny_pref.jsonl"
+TOKENIZER = pathlib.Path("runs/tiny_pref/tokenizer")
+
+
+def experiment() -> Experiment:
+    if not TOKENIZER.exists():  # a byte-level BPE trained on the data itself, once
+        texts = [json.dumps(json.loads(line)) for line in DATA.read_text().splitlines()]
+        train_tiny_tokenizer(texts, 300, TOKENIZER)
+    return Experiment(
+        model=ModelSection(arch=ModelConfig("llama", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+                                            num_kv_heads=2, head_dim=8, mlp_dim=64),
+                           tokenizer=str(TOKENIZER)),
+        data=DataSection(train=str(DATA), max_length=128),
+        objective=dpo(beta=0.1),
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=5),
+        train=TrainSection(steps=40, batch_size=8, out_dir="runs/tiny_pref", log_every=5))

@@ -1,0 +1,7 @@
+"""`python -m jalign ...` is the `jalign` command."""
+
+import sys
+
+from jalign.cli import main
+
+sys.exit(main())

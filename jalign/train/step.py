@@ -1,0 +1,135 @@
+"""The train step: one ``jax.jit`` with explicit shardings that calls the objective.
+
+The step knows nothing about any particular objective: it builds the
+``LogProbs`` of a batch, calls ``objective(lp)``, differentiates, and applies
+the optax update. A non-finite loss or gradient leaves the state untouched and
+raises the ``finite`` flag, so the loop can stop with the last good
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jalign.models import lora
+from jalign.objectives import LogProbs, Objective
+from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
+from jalign.sharding import optimizer_shardings, state_shardings
+from jalign.train.logprobs import batch_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training (checkpointed together).
+
+    Attributes:
+      step: int32 scalar, optimizer micro-steps taken.
+      params: the trainable ``nnx.State``.
+      opt_state: the optax state.
+      rng: a PRNG key for stochastic objectives and sampling.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+jax.tree_util.register_dataclass(TrainState, data_fields=["step", "params", "opt_state", "rng"], meta_fields=[])
+
+
+def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
+    """Batch diagnostics beyond the objective's own: KL, entropy, lengths.
+
+    ``kl/logratio`` is the mean sequence log-ratio log pi/pi_ref over the batch's
+    responses (a Monte-Carlo KL estimate only for on-policy samples);
+    ``kl/ref_kl`` the exact per-sequence KL(pi_ref || pi) summed over tokens and
+    ``entropy`` the mean per-token policy entropy, when those extras exist.
+    """
+    out = {"length": jnp.mean(jnp.sum(lp.mask, axis=-1))}
+    if lp.reference is not None:
+        out["kl/logratio"] = jnp.mean(jax.lax.stop_gradient(log_ratios(lp)))
+    if "ref_kl" in lp.extras:
+        out["kl/ref_kl"] = jnp.mean(jax.lax.stop_gradient(masked_sum(lp.extras["ref_kl"], lp)))
+    if "entropy" in lp.extras:
+        out["entropy"] = jnp.mean(jax.lax.stop_gradient(masked_mean(lp.extras["entropy"], lp)))
+    return out
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, *,
+              extras: tuple[str, ...] = (), impl: str = "auto", lora_reference: bool = False) -> Callable:
+    """``step(state, reference_params, batch, objective) -> (state, metrics)``, unjitted.
+
+    ``reference_params`` is the reference model's trainable-parameter state
+    (merged with the same ``graphdef`` and ``rest``). With ``lora_reference``
+    the trainable state holds only LoRA adapters and the reference is the same
+    model with adapters disabled (``reference_params`` is then None): one copy
+    of the base weights serves both.
+    """
+    def reference_model(policy, reference_params):
+        if lora_reference:
+            return lora.reference_view(policy)
+        return None if reference_params is None else nnx.merge(graphdef, reference_params, rest)
+
+    def loss_fn(params, reference_params, batch, objective: Objective):
+        policy = nnx.merge(graphdef, params, rest)
+        reference = reference_model(policy, reference_params)
+        lp = batch_logprobs(policy, reference, batch, extras=extras, impl=impl)
+        loss, metrics = objective(lp)
+        return loss, {**metrics, **diagnostics(lp)}
+
+    def step(state: TrainState, reference_params, batch, objective):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, reference_params, batch, objective)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0])
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
+        return new, metrics
+
+    return step
+
+
+def batch_sharding(mesh: Mesh, batch: dict) -> Any:
+    """Leading (batch) dimension of every array over (data, fsdp); the rest replicated."""
+    def spec(x):
+        return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (x.ndim - 1))))
+
+    return jax.tree.map(spec, batch)
+
+
+def jit_step(step: Callable, mesh: Mesh, state: TrainState, reference_params, batch, objective,
+             tx: optax.GradientTransformation):
+    """The step jitted with explicit in/out shardings; the state buffer is donated.
+
+    Returns:
+      ``(jitted_step, state_sharding)``; place the initial state with
+      ``jax.device_put(state, state_sharding)``.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sharding = state_shardings(state.params, mesh)
+    state_sharding = TrainState(
+        step=replicated, params=param_sharding,
+        opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh), rng=replicated)
+    reference_sharding = None if reference_params is None else state_shardings(reference_params, mesh)
+    objective_sharding = jax.tree.map(lambda _: replicated, objective)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_sharding, reference_sharding, batch_sharding(mesh, batch), objective_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,))
+    return jitted, state_sharding

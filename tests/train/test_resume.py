@@ -1,0 +1,62 @@
+"""A run killed at a random step and restarted matches an uninterrupted run exactly.
+
+The independent reference is the same experiment run start to finish in one
+process. Every logged metric of every step must be bitwise equal (CPU).
+"""
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from jalign.train.loop import train
+from jalign.train.metrics_log import read_metrics
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from tiny_experiment import experiment  # noqa: E402
+
+STEPS = 6
+
+
+def _kill_after(out: pathlib.Path, rows: int) -> None:
+    """Starts training in a subprocess and SIGKILLs it once ``rows`` metric rows exist."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(HERE / "tiny_experiment.py"), str(out), str(STEPS)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = out / "run" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    reference = train(experiment(tmp_path / "straight", STEPS), progress=False)
+    interrupted = tmp_path / "killed"
+    experiment(interrupted, STEPS)  # tokenizer first, so the subprocess starts straight into training
+    _kill_after(interrupted, rows=random.Random(os.getpid()).randint(1, STEPS - 2))
+    resumed = train(experiment(interrupted, STEPS), progress=False)
+    assert resumed["resumed_from"] >= 1
+    straight_rows = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
+    resumed_rows = read_metrics(interrupted / "run" / "metrics.jsonl")
+    assert [r["step"] for r in resumed_rows] == list(range(1, STEPS + 1))
+    assert resumed_rows == straight_rows
+    assert resumed["metrics"] == reference["metrics"]
+
+
+def test_stop_and_resume_in_process_truncates_the_log(tmp_path):
+    """Stopping after step 3 with checkpoints every 2 steps redoes step 3 on resume."""
+    exp = experiment(tmp_path, 4, checkpoint_every=2)
+    train(exp, stop_at=3, progress=False)
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
+    resumed = train(exp, progress=False)
+    assert resumed["resumed_from"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
