@@ -61,3 +61,24 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_axes=("data", "
         return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(x))
 
     return jax.tree.map(assemble, local)
+
+
+def place(tree, shardings):
+    """Puts a pytree that every process holds identically onto ``shardings``.
+
+    One process: ``jax.device_put``. Several: each process builds its
+    addressable shards from its own copy (``jax.make_array_from_callback``),
+    since ``device_put`` cannot target other hosts' devices. ``shardings`` may
+    be a prefix of ``tree`` (one sharding for a whole ``nnx.Variable``).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, sharding):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: put(x, s), sub), shardings, tree)

@@ -20,7 +20,7 @@ from flax import nnx
 from jalign.data import Tokenization, preference_batches, read_preferences
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.tokenizer import load_tokenizer
-from jalign.sharding import global_batch, make_mesh
+from jalign.sharding import global_batch, make_mesh, place
 from jalign.train.checkpoint import Checkpointer
 from jalign.train.config import Experiment
 from jalign.train.logprobs import needed_extras
@@ -101,7 +101,9 @@ def build(exp: Experiment) -> Run:
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
     sample = _device_batch(dataset[0], mesh)
     jitted, sharding = jit_step(step, mesh, state, reference_params, sample, exp.objective, tx)
-    return Run(graphdef, rest, jax.device_put(state, sharding), sharding, reference_params, jitted, iterator,
+    if reference_params is not None:
+        reference_params = place(reference_params, sharding.params)
+    return Run(graphdef, rest, place(state, sharding), sharding, reference_params, jitted, iterator,
                tokenizer, data.report.as_dict(), mesh)
 
 

@@ -4,6 +4,7 @@ Run as a script under XLA_FLAGS=--xla_force_host_platform_device_count=8 by the
 sharding tests; ``run(mesh_config, devices)`` is the shared body.
 """
 
+import json
 import sys
 
 import jax
@@ -14,7 +15,7 @@ from flax import nnx
 
 from jalign.models import Decoder, ModelConfig
 from jalign.objectives import dpo, sft
-from jalign.sharding import MeshConfig, make_mesh
+from jalign.sharding import MeshConfig, global_batch, initialize, make_mesh, place
 from jalign.train.step import TrainState, jit_step, make_step
 
 CFG = ModelConfig("llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -33,7 +34,11 @@ def _batch(batch_size=8):
 
 
 def run(mesh_config: MeshConfig, devices=None, steps=3):
-    """Losses and final parameters (as a flat NumPy dict) after ``steps`` steps."""
+    """Losses and final parameters (as a flat NumPy dict) after ``steps`` steps.
+
+    Under several processes each one feeds its own rows of the batch, assembled
+    into global arrays with ``global_batch``.
+    """
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
     reference = jax.tree.map(jnp.copy, params)
     tx = optax.adamw(1e-2)
@@ -41,16 +46,40 @@ def run(mesh_config: MeshConfig, devices=None, steps=3):
     batch = _batch()
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
     mesh = make_mesh(mesh_config, devices)
+    if jax.process_count() > 1:
+        rows = len(batch["prompt_tokens"]) // jax.process_count()
+        local = jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
+        batch = global_batch(local, mesh)
     jitted, sharding = jit_step(make_step(graphdef, rest, tx, impl="chunked"), mesh, state, reference,
                                 batch, objective, tx)
-    state = jax.device_put(state, sharding)
+    state = place(state, sharding)
+    reference = place(reference, sharding.params)
     losses = []
     for _ in range(steps):
         state, metrics = jitted(state, reference, batch, objective)
         losses.append(float(metrics["loss"]))
-    flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    gather = jax.jit(lambda x: x, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    flat = {jax.tree_util.keystr(k): np.asarray(gather(v)) for k, v in
+            jax.tree_util.tree_leaves_with_path(state.params)}
     return losses, flat, state
 
+
+def _multiprocess() -> None:
+    """One of several processes: prints its losses and a digest of the parameters."""
+    assert initialize()
+    losses, params, _ = run(MeshConfig(data=-1))
+    digest = {k: float(np.abs(v).sum()) for k, v in params.items()}
+    print("RESULT", json.dumps({"losses": losses, "digest": digest}))
+
+
+def _single() -> None:
+    losses, params, _ = run(MeshConfig(), devices=jax.devices()[:1])
+    print("RESULT", json.dumps({"losses": losses, "digest": {k: float(np.abs(v).sum()) for k, v in params.items()}}))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1:
+    {"multiprocess": _multiprocess, "single": _single}[sys.argv[1]]()
+    sys.exit(0)
 
 if __name__ == "__main__":
     single_losses, single, _ = run(MeshConfig(), devices=jax.devices()[:1])
