@@ -64,7 +64,9 @@ class Collator:
           ``prompt_tokens`` int32 ``[B, P]`` (left-padded), ``prompt_mask``
           int32 ``[B, P]``, ``response_tokens`` int32 ``[B, G, R]``
           (right-padded), ``response_mask`` int32 ``[B, G, R]``,
-          ``record_index`` int64 ``[B]`` (-1 for padding rows) and ``labels``:
+          ``record_index`` int64 ``[B]`` (-1 for padding rows), with
+          precomputed reference log-probs ``reference_logprobs`` float32
+          ``[B, G, R]``, and ``labels``:
           ``example_weight`` float32 ``[B]`` plus the examples' labels stacked
           (``preference`` ``[B]``, ``score`` / ``desirable`` ``[B, G]``).
         """
@@ -90,9 +92,16 @@ class Collator:
                 response_mask[b, g, :len(tokens)] = 1
         index = np.full((self.batch_size,), -1, np.int64)
         index[:len(examples)] = [e.index for e in examples]
-        return {"prompt_tokens": prompt, "prompt_mask": prompt_mask,
-                "response_tokens": response, "response_mask": response_mask,
-                "record_index": index, "labels": self._labels(examples)}
+        batch = {"prompt_tokens": prompt, "prompt_mask": prompt_mask,
+                 "response_tokens": response, "response_mask": response_mask,
+                 "record_index": index, "labels": self._labels(examples)}
+        if examples[0].reference_logprobs is not None:
+            reference = np.zeros(shape, np.float32)
+            for b, example in enumerate(examples):
+                for g, logprobs in enumerate(example.reference_logprobs):
+                    reference[b, g, :len(logprobs)] = logprobs
+            batch["reference_logprobs"] = reference
+        return batch
 
     def _labels(self, examples: Sequence[TokenizedExample]) -> dict:
         labels = {"example_weight": np.zeros((self.batch_size,), np.float32)}

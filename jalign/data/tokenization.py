@@ -73,12 +73,15 @@ class TokenizedExample:
       prompt: int32 ``[P]`` prompt ids.
       responses: ``G`` int32 arrays ``[R_g]`` of response ids.
       labels: as in :class:`jalign.data.formats.Example`.
+      reference_logprobs: ``G`` float32 arrays ``[R_g]``: per-token reference
+        log-probs of each response, when precomputed once before training.
     """
 
     index: int
     prompt: np.ndarray
     responses: tuple[np.ndarray, ...]
     labels: dict[str, Any]
+    reference_logprobs: tuple[np.ndarray, ...] | None = None
 
 
 def render(example: Example, tokenizer: Any) -> tuple[str, list[str]]:

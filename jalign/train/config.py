@@ -83,6 +83,10 @@ class TrainSection:
       extras: per-token kernel extras to compute for metrics, beyond what the
         objective needs ("entropy", "ref_kl", ...).
       eval_every: steps between calls of the run's ``evaluate`` hook (0: never).
+      reference: "model" runs the reference forward every step (a frozen copy,
+        or the LoRA base); "precomputed" scores the data once before training
+        and keeps the log-probs with it (no reference weights on device;
+        extras needing the reference model, such as "ref_kl", are unavailable).
     """
 
     steps: int = 100
@@ -95,6 +99,7 @@ class TrainSection:
     logprob_impl: str = "auto"
     extras: tuple[str, ...] = ("entropy",)
     eval_every: int = 0
+    reference: Literal["model", "precomputed"] = "model"
 
 
 @dataclasses.dataclass(frozen=True)

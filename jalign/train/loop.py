@@ -26,6 +26,7 @@ from jalign.train.config import Experiment
 from jalign.train.logprobs import needed_extras
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
 from jalign.train.optim import make_optimizer
+from jalign.train.reference import precompute_reference
 from jalign.train.step import TrainState, jit_step, make_step
 
 Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
@@ -86,6 +87,17 @@ def build(exp: Experiment) -> Run:
         on_error=exp.data.on_error,
         tokenization=Tokenization(max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
                                   truncation=exp.data.truncation))
+    precomputed = exp.train.reference == "precomputed"
+    extras = tuple(sorted(set(needed_extras(exp.objective)) | set(exp.train.extras)))
+    if precomputed:
+        if "ref_kl" in extras:
+            raise ValueError("extras 'ref_kl' needs the reference model; it is unavailable with "
+                             "train.reference='precomputed'")
+        reference_model = lora.reference_view(model) if use_lora else model
+        data = precompute_reference(data, reference_model, batch_size=exp.train.batch_size,
+                                    impl=exp.train.logprob_impl,
+                                    cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
+        reference_params = None
     processes = jax.process_count()
     if exp.train.batch_size % processes:
         raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over {processes} processes")
@@ -96,8 +108,8 @@ def build(exp: Experiment) -> Run:
     mesh = make_mesh(exp.mesh)
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
-    extras = tuple(sorted(set(needed_extras(exp.objective)) | set(exp.train.extras)))
-    step = make_step(graphdef, rest, tx, extras=extras, impl=exp.train.logprob_impl, lora_reference=use_lora)
+    step = make_step(graphdef, rest, tx, extras=extras, impl=exp.train.logprob_impl,
+                     lora_reference=use_lora and not precomputed)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
     sample = _device_batch(dataset[0], mesh)
     jitted, sharding = jit_step(step, mesh, state, reference_params, sample, exp.objective, tx)
@@ -107,12 +119,16 @@ def build(exp: Experiment) -> Run:
                tokenizer, data.report.as_dict(), mesh)
 
 
-def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module]:
-    """The current policy and its reference as modules (for evaluation hooks)."""
+def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
+    """The current policy and its reference as modules (for evaluation hooks).
+
+    The reference is None when it was precomputed for a fully fine-tuned model.
+    """
     policy = nnx.merge(run.graphdef, run.state.params, run.rest)
-    if run.reference_params is None:
-        return policy, lora.reference_view(policy)
-    return policy, nnx.merge(run.graphdef, run.reference_params, run.rest)
+    if run.reference_params is not None:
+        return policy, nnx.merge(run.graphdef, run.reference_params, run.rest)
+    has_lora = any(True for _ in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam)))
+    return policy, lora.reference_view(policy) if has_lora else None
 
 
 def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | None = None,
