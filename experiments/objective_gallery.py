@@ -47,7 +47,10 @@ def _batch(margin: jax.Array, requires) -> LogProbs:
     labels["other_rewards"] = jnp.zeros((1, groups, 2))
     labels["token_reward"] = jnp.zeros((1, groups, 1))
     labels["kl_estimate"] = jnp.zeros((1,))
-    extras = {k: jnp.zeros((1, groups, 1)) for k in ("ref_kl", "entropy", "token_mask_logits")}
+    labels["win_prob"] = jnp.array([[0.75, 0.25]])[:, :groups]  # the chosen usually beats the opponent
+    labels["previous_logps"] = reference[..., 0]  # the previous iterate is the reference
+    extras = {k: jnp.zeros((1, groups, 1)) for k in ("ref_kl", "entropy")}
+    extras["token_mask_logits"] = jnp.ones((1, groups, 1))  # a neutral learned mask (weight 1)
     extras["log_prob_sq_sum"] = policy  # a valid value: log sum_v pi(v)^2 >= 2 log pi(y)
     return LogProbs(
         policy=policy, mask=jnp.ones_like(policy), reference=reference if requires.reference else None,
@@ -79,23 +82,40 @@ def _landmarks(losses, grads) -> tuple[float, float, float]:
     return float(losses[zero]), float(weights[zero]), saturates
 
 
+def families(table: dict[str, type]) -> dict[str, list[str]]:
+    """Objective names grouped by the module (family) that defines them."""
+    grouped: dict[str, list[str]] = {}
+    for name, cls in table.items():
+        grouped.setdefault(cls.__module__.rsplit(".", 1)[-1], []).append(name)
+    return grouped
+
+
 def main(out_dir: pathlib.Path) -> dict[str, tuple[float, float, float]]:
+    """One row per family: loss, and gradient weight scaled to its peak so shapes compare."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = plottable()
-    fig, (ax_loss, ax_weight) = plt.subplots(1, 2, figsize=(15, 6.5))
+    grouped = families(table)
+    fig, axes = plt.subplots(len(grouped), 2, figsize=(13, 3.1 * len(grouped)), squeeze=False)
     rows = {}
-    for name, cls in table.items():
-        losses, grads = curves(cls)
-        style = "-" if cls.requires.responses == PAIR else "--"
-        ax_loss.plot(MARGINS, losses, style, label=name)
-        ax_weight.plot(MARGINS, -grads, style, label=name)
-        rows[name] = _landmarks(losses, grads)
-    ax_loss.set(xlabel="log-ratio margin h", ylabel="loss", title="Loss (default hyperparameters)")
-    ax_loss.set_yscale("symlog")
-    ax_weight.set(xlabel="log-ratio margin h", ylabel="-dL/dh", title="Gradient weight")
-    ax_weight.legend(fontsize=7, ncol=2, loc="upper right")
+    for (family, names), (ax_loss, ax_weight) in zip(grouped.items(), axes):
+        for name in names:
+            losses, grads = curves(table[name])
+            style = "-" if table[name].requires.responses == PAIR else "--"
+            peak = float(jnp.max(jnp.abs(grads)))
+            ax_loss.plot(MARGINS, losses, style, label=name)
+            ax_weight.plot(MARGINS, -grads / (peak if peak > 0 else 1.0), style, label=name)
+            rows[name] = _landmarks(losses, grads)
+        ax_loss.set(ylabel=family, yscale="symlog")
+        ax_weight.set(ylim=(-1.1, 1.1))
+        ax_weight.axhline(0, color="0.8", lw=0.8)
+        ax_weight.legend(fontsize=7, loc="upper right", ncol=2)
+    axes[0][0].set_title("loss (default hyperparameters)")
+    axes[0][1].set_title("gradient weight -dL/dh, scaled to its peak")
+    for ax in axes[-1]:
+        ax.set_xlabel("log-ratio margin h (unpaired: the response's log-ratio, dashed)")
     fig.tight_layout()
-    fig.savefig(out_dir / "gallery.png", dpi=120)
+    fig.savefig(out_dir / "gallery.png", dpi=100)
+    plt.close(fig)
     lines = ["| objective | inputs | loss at h=0 | -dL/dh at h=0 | last h with weight > 1% of peak |",
              "|---|---|---|---|---|"]
     lines += [f"| {n} | {table[n].requires.describe()} | {a:.4g} | {b:.4g} | {c:.3g} |" for n, (a, b, c) in rows.items()]
