@@ -1,0 +1,201 @@
+"""Chunked XLA sequence log-probs: the CPU default and the fused reference.
+
+Tokens are walked in blocks of ``block_n`` rows (a `while_loop` that stops
+after the last valid row, so masked tokens compacted to the end cost
+nothing) and, inside each block, the vocabulary in tiles of ``block_v``
+columns. No buffer larger than ``[block_n, block_v]`` logits is built, in
+the forward or in the backward pass.
+
+Ragged edges are handled without padding copies: the last block (rows or
+columns) is shifted back to end at the array's edge and the rows/columns
+already covered by the previous block are masked out.
+
+The backward pass here also serves the Pallas implementations: it recomputes
+each tile's logits from the saved per-token residuals (lse, entropy, lse_q).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jalign.kernels import _online
+
+DEFAULT_BLOCK_N = 1024
+DEFAULT_BLOCK_V = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes of the chunked op (clamped to the array sizes)."""
+
+    block_n: int = DEFAULT_BLOCK_N
+    block_v: int = DEFAULT_BLOCK_V
+
+    def __post_init__(self):
+        for name in ("block_n", "block_v"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got "
+                                 f"{getattr(self, name)}")
+
+    @property
+    def row_multiple(self):
+        """Token-axis padding callers must apply: none (edges are shifted)."""
+        return 1
+
+    @property
+    def backward(self):
+        """Block sizes of the backward pass: the same tiles."""
+        return self
+
+    def clamp(self, n, v):
+        """Block sizes no larger than the arrays ``[n, .]`` and ``[., v]``."""
+        return BlockSizes(min(self.block_n, max(n, 1)), min(self.block_v, v))
+
+
+def _precision(x):
+    return jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+
+
+def _tile(x, start, size, axis):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def _num_blocks(count, size):
+    return (count + size - 1) // size
+
+
+def _tiles(inputs, blk, bn, j, bv, *, softcap, with_ref):
+    """Logits of row block ``blk`` and vocabulary tile ``j`` (shifted edges).
+
+    Returns:
+        (row0, col0, y [bn, bv] policy logits before the cap, zq [bn, bv] or
+        None, cols [1, bv] column ids, fresh [1, bv] columns not seen before).
+    """
+    h, w, b, rh, rw, rb = inputs[:6]
+    n, v = h.shape[0], w.shape[1]
+    row0 = jnp.minimum(blk * bn, n - bn)
+    col0 = jnp.minimum(j * bv, v - bv)
+    cols = col0 + jax.lax.broadcasted_iota(jnp.int32, (1, bv), 1)
+    fresh = cols >= j * bv
+    hb, wt = _tile(h, row0, bn, 0), _tile(w, col0, bv, 1)
+    y = _online.project(hb, wt, _tile(b, col0, bv, 0), None, _precision(hb))
+    zq = None
+    if with_ref:
+        zq = _online.project(_tile(rh, row0, bn, 0), _tile(rw, col0, bv, 1),
+                             _tile(rb, col0, bv, 0), softcap,
+                             _precision(rh))
+    return row0, col0, y, zq, cols, fresh
+
+
+def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
+            with_ref):
+    """Raw online statistics of every token over this vocabulary (shard).
+
+    Args:
+        inputs: (hidden [N, H], weight [H, V], bias [V], ref_hidden [N, Hr],
+            ref_weight [Hr, V], ref_bias [V], targets [N] int32); ref_* are
+            None without a reference head. Rows >= n_valid are skipped.
+        n_valid: scalar int32, number of leading valid rows.
+    Returns:
+        `_online.Stats` with ``[N]`` fields (rows past the last valid block
+        hold the empty statistics).
+    """
+    h, w = inputs[0], inputs[1]
+    targets = inputs[6]
+    bs = block_sizes.clamp(h.shape[0], w.shape[1])
+    bn, bv = bs.block_n, bs.block_v
+    width = top_k or 0
+    n_vtiles = _num_blocks(w.shape[1], bv)
+
+    def block(blk, out):
+        def tile(j, st):
+            row0, _, y, zq, cols, fresh = _tiles(
+                inputs, blk, bn, j, bv, softcap=softcap, with_ref=with_ref)
+            z = y if softcap is None else softcap * jnp.tanh(y / softcap)
+            tb = _tile(targets, row0, bn, 0)[:, None]
+            hit = fresh & (cols == tb)
+            return _online.update(st, z, zq, fresh, hit, top_k=top_k)
+
+        st = _online.init(bn, entropy=entropy, with_ref=with_ref,
+                          topk_width=width)
+        st = jax.lax.fori_loop(0, n_vtiles, tile,
+                               _online.match_vma(st, *inputs))
+        row0 = jnp.minimum(blk * bn, h.shape[0] - bn)
+        return jax.tree.map(
+            lambda o, s: jax.lax.dynamic_update_slice_in_dim(o, s, row0, 0),
+            out, st)
+
+    out = _online.init(h.shape[0], entropy=entropy, with_ref=with_ref,
+                       topk_width=width)
+    out = _online.match_vma(out, *inputs)
+    n_blocks = _num_blocks(n_valid, bn)
+    return jax.lax.while_loop(
+        lambda c: c[0] < n_blocks, lambda c: (c[0] + 1, block(c[0], c[1])),
+        (jnp.int32(0), out))[1]
+
+
+def backward(inputs, n_valid, res, cot, *, block_sizes, softcap, with_ref):
+    """Gradients of hidden, weight and bias, recomputing logits tile by tile.
+
+    The vocabulary is the outer loop, so a weight tile's gradient is
+    accumulated in fp32 over all token blocks and written once in the
+    weight's dtype: the only full-size fp32 accumulator is ``[N, H]``.
+
+    Args:
+        inputs, n_valid: as in `forward`.
+        res: dict of ``[N]`` residuals from `_online.finalize`.
+        cot: dict of ``[N]`` output cotangents (zero on rows >= n_valid).
+    Returns:
+        (d_hidden [N, H] fp32, d_weight [H, V] in weight.dtype,
+        d_bias [V] fp32).
+    """
+    h, w = inputs[0], inputs[1]
+    targets = inputs[6]
+    bs = block_sizes.clamp(h.shape[0], w.shape[1])
+    bn, bv = bs.block_n, bs.block_v
+    rows = jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    n_blocks = _num_blocks(n_valid, bn)
+
+    def token_block(j, blk, acc):
+        dh, dwt, dbt = acc
+        row0, col0, y, zq, cols, fresh = _tiles(
+            inputs, blk, bn, j, bv, softcap=softcap, with_ref=with_ref)
+        live = (row0 + rows >= blk * bn) & (row0 + rows < n_valid)
+        tb = _tile(targets, row0, bn, 0)[:, None]
+        rb = jax.tree.map(lambda r: _tile(r, row0, bn, 0), res)
+        cb = jax.tree.map(lambda c: _tile(c, row0, bn, 0), cot)
+        dy = _online.tile_grad(y, zq, live & fresh, fresh & (cols == tb),
+                               rb, cb, softcap)                # [bn, bv]
+        hb, wt = _tile(h, row0, bn, 0), _tile(w, col0, bv, 1)
+        dy_c = dy.astype(h.dtype)
+        dhb = jnp.dot(dy_c, wt.T, precision=_precision(hb),
+                      preferred_element_type=jnp.float32)      # [bn, H]
+        dh = jax.lax.dynamic_update_slice_in_dim(
+            dh, _tile(dh, row0, bn, 0) + dhb, row0, 0)
+        dwt += jnp.dot(hb.T, dy_c, precision=_precision(hb),
+                       preferred_element_type=jnp.float32)     # [H, bv]
+        return dh, dwt, dbt + jnp.sum(dy, axis=0)
+
+    def vocab_tile(j, carry):
+        dh, dw, db = carry
+        col0 = jnp.minimum(j * bv, w.shape[1] - bv)
+        fresh = col0 + jnp.arange(bv) >= j * bv                # [bv]
+        acc = _online.match_vma(
+            (dh, jnp.zeros((w.shape[0], bv), jnp.float32),
+             jnp.zeros((bv,), jnp.float32)), *inputs, *cot.values())
+        dh, dwt, dbt = jax.lax.while_loop(
+            lambda c: c[0] < n_blocks,
+            lambda c: (c[0] + 1, token_block(j, c[0], c[1])),
+            (jnp.int32(0), acc))[1]
+        dw = jax.lax.dynamic_update_slice_in_dim(
+            dw, jnp.where(fresh, dwt.astype(w.dtype), _tile(dw, col0, bv, 1)),
+            col0, 1)
+        db = jax.lax.dynamic_update_slice_in_dim(
+            db, jnp.where(fresh, dbt, _tile(db, col0, bv, 0)), col0, 0)
+        return dh, dw, db
+
+    init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, w.dtype),
+            jnp.zeros(w.shape[1:], jnp.float32))
+    init = _online.match_vma(init, *inputs, *cot.values())
+    return jax.lax.fori_loop(0, _num_blocks(w.shape[1], bv), vocab_tile, init)

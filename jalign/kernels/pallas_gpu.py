@@ -1,0 +1,201 @@
+"""Pallas GPU (Triton) forward kernel for fused sequence log-probs.
+
+Grid ``(token blocks, vocabulary splits)``. Triton keeps no state between
+programs, so each program walks its whole share of the vocabulary itself: a
+`fori_loop` over ``block_v`` column tiles, each tile's logits accumulated
+over ``block_k`` slices of the hidden dimension with fp32 tensor-core dots,
+then folded into the running statistics of `_online` held in registers. The
+per-split statistics are merged afterwards (`_online.combine_splits`, a few
+``[S, N]`` XLA ops). Splitting the vocabulary keeps every multiprocessor
+busy when there are few token blocks (8192 tokens are only 128 blocks of 64
+on a 132-SM H100), which is also what lets skipped masked blocks save time.
+
+The last vocabulary tile is shifted back to end at V (its columns already
+seen are masked), so V needs no padding. Programs whose rows are all past
+the number of valid (compacted) rows exit at once.
+
+The backward pass is `chunked.backward` (see `api`).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from jalign.kernels import _online, chunked
+
+# Fastest of a small sweep on an H100 at H=1024 (benchmarks/README.md).
+DEFAULT_BLOCK_N = 64
+DEFAULT_BLOCK_V = 256
+DEFAULT_BLOCK_K = 64
+DEFAULT_NUM_WARPS = 8
+DEFAULT_NUM_STAGES = 4
+# The backward pass is XLA matmuls: larger tiles than the CPU default pay.
+DEFAULT_BLOCK_N_BWD = 2048
+DEFAULT_BLOCK_V_BWD = 8192
+MIN_DOT = 16  # smallest dot dimension Triton accepts
+
+
+def _is_pow2(x):
+    return x > 0 and not x & (x - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tokens per program, vocabulary columns per tile, hidden slice width."""
+
+    block_n: int = DEFAULT_BLOCK_N
+    block_v: int = DEFAULT_BLOCK_V
+    block_k: int = DEFAULT_BLOCK_K
+    num_warps: int = DEFAULT_NUM_WARPS
+    num_stages: int = DEFAULT_NUM_STAGES
+    # Programs per token block along V; None: enough for ~512 programs.
+    vocab_splits: int | None = None
+    # Tiles of the backward pass (`chunked.backward`, XLA matmuls).
+    block_n_bwd: int = DEFAULT_BLOCK_N_BWD
+    block_v_bwd: int = DEFAULT_BLOCK_V_BWD
+
+    def __post_init__(self):
+        for name in ("block_n", "block_v", "block_k"):
+            x = getattr(self, name)
+            if not _is_pow2(x) or x < MIN_DOT:
+                raise ValueError(f"{name} must be a power of 2 >= {MIN_DOT}, "
+                                 f"got {x}")
+
+    def splits(self, n_blocks, n_vtiles):
+        """(vocabulary splits, tiles per split), no split left empty."""
+        want = self.vocab_splits or max(1, min(8, 512 // n_blocks))
+        per = pl.cdiv(n_vtiles, min(want, n_vtiles))
+        return pl.cdiv(n_vtiles, per), per
+
+    @property
+    def row_multiple(self):
+        """Callers pad the token axis to a multiple of this."""
+        return self.block_n
+
+    @property
+    def backward(self):
+        """Block sizes of the chunked backward pass."""
+        return chunked.BlockSizes(self.block_n_bwd, self.block_v_bwd)
+
+
+def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
+            with_ref, interpret=False):
+    """Raw online statistics of every token (see `chunked.forward`).
+
+    Args:
+        inputs: (hidden [N, H], weight [H, V], bias [V], ref_hidden [N, Hr],
+            ref_weight [Hr, V], ref_bias [V], targets [N] int32), ref_* None
+            without a reference head; N a multiple of ``block_n``; H, Hr and
+            V at least 16, H and Hr multiples of 16.
+        n_valid: scalar int32; rows >= n_valid are skipped (garbage out).
+    Returns:
+        `_online.Stats` with ``[N]`` fields (``topk`` ``[N, pow2 >= k]``).
+    """
+    h, w, b, rh, rw, rb, targets = inputs
+    n, v = h.shape[0], w.shape[1]
+    bs = block_sizes
+    bv = min(bs.block_v, pl.next_power_of_2(v + 1) // 2)  # pow2 <= V
+    for name, dim in (("H", h.shape[1]), ("Hr", None if rh is None
+                                          else rh.shape[1])):
+        if dim is not None and dim % MIN_DOT:
+            raise ValueError(f"pallas_gpu needs {name} % {MIN_DOT} == 0, "
+                             f"got {dim}")
+    if n % bs.block_n or v < MIN_DOT:
+        raise ValueError(f"need rows % block_n == 0 and V >= {MIN_DOT}; got "
+                         f"{n=} {bs.block_n=} {v=}")
+    fields = (("m", "s0", "tgt") + (("s1",) if entropy else ())
+              + (("mq", "sq0", "u") if with_ref else ()))
+    width = max(pl.next_power_of_2(top_k), MIN_DOT) if top_k else 0
+    ops = (h, w, b) + ((rh, rw, rb) if with_ref else ()) + (targets,)
+    ops = _online.match_vma(ops, *ops)
+    n_splits, per_split = bs.splits(n // bs.block_n, pl.cdiv(v, bv))
+    row = pl.BlockSpec((None, bs.block_n), lambda i, s: (s, i))
+    out_specs = [row] * len(fields)
+    out_shape = [_online.out_struct((n_splits, n), jnp.float32, ops[0])
+                 ] * len(fields)
+    if top_k:
+        out_specs.append(pl.BlockSpec((None, bs.block_n, width),
+                                      lambda i, s: (s, i, 0)))
+        out_shape.append(_online.out_struct((n_splits, n, width),
+                                            jnp.float32, ops[0]))
+    kernel = functools.partial(
+        _kernel, block_n=bs.block_n, block_v=bv, block_k=bs.block_k,
+        per_split=per_split, softcap=softcap, top_k=top_k, width=width,
+        entropy=entropy, with_ref=with_ref)
+    outs = pl.pallas_call(
+        kernel,
+        grid=(n // bs.block_n, n_splits),
+        in_specs=[pl.no_block_spec] * (len(ops) + 1),
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(
+            num_warps=bs.num_warps, num_stages=bs.num_stages),
+        interpret=interpret,
+    )(_online.match_vma(n_valid.reshape(1), *ops), *ops)
+    return _online.combine_splits(_online.Stats(
+        **dict(zip(fields + (("topk",) if top_k else ()), outs))))
+
+
+def _logits(h_ref, w_ref, b_ref, rows, col0, *, block_n, block_v, block_k):
+    """``[block_n, block_v]`` fp32 ``h[rows] @ w[:, col0:col0+bv] + b``."""
+    hid = h_ref.shape[1]
+    bk = block_k if hid % block_k == 0 else MIN_DOT
+    cols = pl.ds(col0, block_v)
+    # fp32 inputs: full-precision dots (Triton would use TF32).
+    precision = (jax.lax.Precision.HIGHEST if h_ref.dtype == jnp.float32
+                 else None)
+
+    def k_step(k, acc):
+        hk = h_ref[rows, pl.ds(k * bk, bk)]                # [bn, bk]
+        wk = w_ref[pl.ds(k * bk, bk), cols]                # [bk, bv]
+        return acc + jnp.dot(hk, wk, precision=precision,
+                             preferred_element_type=jnp.float32)
+
+    acc = jax.lax.fori_loop(0, hid // bk, k_step,
+                            jnp.zeros((block_n, block_v), jnp.float32))
+    return acc + b_ref[cols].astype(jnp.float32)[None, :]
+
+
+def _kernel(nv_ref, *refs, block_n, block_v, block_k, per_split, softcap,
+            top_k, width, entropy, with_ref):
+    """Token block i against vocabulary tiles [s * per_split, +per_split).
+
+    Refs: h [N, H], w [H, V], b [V], (rh, rw, rb), targets [N] (whole
+    arrays), then one ``[block_n]`` output block per statistic (and topk
+    ``[block_n, width]``) of split s. Tiles past V contribute nothing.
+    """
+    n_in = 7 if with_ref else 4
+    ins, outs = refs[:n_in], refs[n_in:]
+    i, s = pl.program_id(0), pl.program_id(1)
+    v = ins[1].shape[1]
+    dims = dict(block_n=block_n, block_v=block_v, block_k=block_k)
+
+    @pl.when(i * block_n < nv_ref[0])
+    def _block():
+        rows = pl.ds(i * block_n, block_n)
+        tgt = ins[-1][rows]                                  # [bn]
+
+        def tile(j, st):
+            col0 = jnp.minimum(j * block_v, v - block_v)
+            cols = col0 + jnp.arange(block_v, dtype=jnp.int32)[None, :]
+            fresh = cols >= j * block_v                      # [1, bv]
+            z = _logits(*ins[:3], rows, col0, **dims)        # [bn, bv]
+            zq = None
+            if with_ref:
+                zq = _logits(*ins[3:6], rows, col0, **dims)  # [bn, bv]
+            if softcap is not None:
+                z = softcap * jnp.tanh(z / softcap)
+                zq = None if zq is None else softcap * jnp.tanh(zq / softcap)
+            hit = fresh & (cols == tgt[:, None])             # [bn, bv]
+            return _online.update(st, z, zq, fresh, hit, top_k=top_k)
+
+        st = _online.init(block_n, entropy=entropy, with_ref=with_ref,
+                          topk_width=width)
+        st = jax.lax.fori_loop(0, per_split,
+                               lambda t, st: tile(s * per_split + t, st), st)
+        for ref, x in zip(outs, [f for f in st if f is not None]):
+            ref[...] = x
