@@ -17,7 +17,6 @@ Run: ``python experiments/reproduce/azar_ipo.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import pathlib
 
@@ -32,7 +31,7 @@ import optax  # noqa: E402
 
 from jalign.objectives import make  # noqa: E402
 from jalign.tabular import dataset_pairs, make_game, train  # noqa: E402
-from jalign.tabular.report import timed, write_outputs  # noqa: E402
+from jalign.tabular.report import script_arguments, timed, write_outputs  # noqa: E402
 
 NAME = "azar_ipo"
 TAUS = (0.1, 0.25, 0.5, 1.0)
@@ -117,9 +116,6 @@ def main(out_dir: pathlib.Path, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = script_arguments(__doc__)
     result = main(args.out, quick=args.quick)
     print({k: result[k] for k in ("seconds", "dpo_min_pi_a", "ipo_max_abs_error")})

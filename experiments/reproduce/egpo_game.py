@@ -21,7 +21,6 @@ Run: ``python experiments/reproduce/egpo_game.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import jax
@@ -36,7 +35,7 @@ from jalign.objectives import make  # noqa: E402
 import jalign.objectives.online  # noqa: E402,F401  (registers the online objectives)
 from jalign.tabular import (  # noqa: E402
     duality_gap, fixed_point_residual, kl_to, log_policy, make_game, random_game, regularized_nash, train)
-from jalign.tabular.report import timed, write_outputs  # noqa: E402
+from jalign.tabular.report import script_arguments, timed, write_outputs  # noqa: E402
 
 NAME = "egpo_game"
 NUM_ACTIONS = 10
@@ -126,9 +125,6 @@ def main(out_dir: pathlib.Path, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = script_arguments(__doc__)
     for row in main(args.out, quick=args.quick)["settings"]:
         print({k: v for k, v in row.items() if "final_gap_mean" in k or k in ("beta", "solver_max_gap")})

@@ -23,7 +23,6 @@ Run: ``python experiments/reproduce/nash_md.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import jax
@@ -40,7 +39,7 @@ import jalign.objectives.online  # noqa: E402,F401  (registers the online object
 from jalign.tabular import (  # noqa: E402
     cyclic_game, exploitability, fixed_point_residual, kl_to, make_game, nash_md_bound, nash_md_step,
     regularized_nash, train)
-from jalign.tabular.report import timed, write_outputs  # noqa: E402
+from jalign.tabular.report import script_arguments, timed, write_outputs  # noqa: E402
 
 NAME = "nash_md"
 NUM_ACTIONS, TAU = 5, 0.2
@@ -123,10 +122,7 @@ def main(out_dir: pathlib.Path, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = script_arguments(__doc__)
     result = main(args.out, quick=args.quick)
     print({k: result[k] for k in ("seconds", "kl_final", "bound_final", "bound_violations",
                                   "objective_vs_exact_max_logp_diff")})

@@ -24,7 +24,6 @@ Run: ``python experiments/reproduce/tajwar_bandit.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import jax
@@ -39,7 +38,7 @@ import optax  # noqa: E402
 from jalign.objectives import make  # noqa: E402
 import jalign.objectives.online  # noqa: E402,F401  (registers the online objectives)
 from jalign.tabular import bradley_terry, expected, labelled_pairs, make_game, rlhf_optimum, train  # noqa: E402
-from jalign.tabular.report import timed, write_outputs  # noqa: E402
+from jalign.tabular.report import script_arguments, timed, write_outputs  # noqa: E402
 
 NAME = "tajwar_bandit"
 NUM_ACTIONS, REF_MODE, REF_SD = 100, 35.0, 12.0
@@ -133,9 +132,6 @@ def main(out_dir: pathlib.Path, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = script_arguments(__doc__)
     for name, row in main(args.out, quick=args.quick)["rewards"].items():
         print(name, {k: round(v, 4) for k, v in row.items() if not k.endswith("/policy") and k != "centre"})

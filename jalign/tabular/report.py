@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import time
@@ -39,3 +40,11 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = jax.block_until_ready(fn())
     return result, time.perf_counter() - start
+
+
+def script_arguments(doc: str) -> argparse.Namespace:
+    """``--out`` and ``--quick`` for running a reproduction file as a script."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce"))
+    parser.add_argument("--quick", action="store_true", help="shortened run (seconds)")
+    return parser.parse_args()
