@@ -14,8 +14,9 @@ import pytest
 from jax.test_util import check_grads
 
 import jalign.objectives.anchored as anchored
-from jalign.objectives import LogProbs, from_sequences
+from jalign.objectives import from_sequences
 from jalign.objectives.registry import make
+from numpy_reference import padded_pair_batch
 
 from random_batches import batch_for
 
@@ -38,26 +39,11 @@ def _np_loss(name, r_w, r_l, beta):
     return _sigmoid(beta * r_w) + (1.0 - _sigmoid(beta * (r_w - r_l)))
 
 
-def _token_batch():
-    """B = 3, T = 2 with padding; returns the batch and its sequence log-ratios [B, 2]."""
-    policy = np.array([[[-1.0, -2.0], [-0.5, -0.7]],
-                       [[-0.2, -0.3], [-4.0, -1.0]],
-                       [[-3.0, -0.1], [-0.1, -0.2]]])
-    reference = np.array([[[-1.5, -1.0], [-1.0, -0.2]],
-                          [[-2.0, -1.0], [-1.0, -1.0]],
-                          [[-1.0, -0.4], [-0.9, -0.1]]])
-    mask = np.array([[[1.0, 1.0], [1.0, 0.0]],
-                     [[1.0, 1.0], [1.0, 1.0]],
-                     [[1.0, 0.0], [1.0, 1.0]]])
-    lp = LogProbs(policy=jnp.asarray(policy), mask=jnp.asarray(mask), reference=jnp.asarray(reference))
-    return lp, ((policy - reference) * mask).sum(-1)
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("beta", [0.3, 2.0])
 def test_matches_numpy_formula(name, beta):
     """Per-example losses, batch mean and reward margin against the paper's formula."""
-    lp, ratios = _token_batch()
+    lp, ratios = padded_pair_batch()
     objective = make(name, beta=beta)
     losses, metrics = objective.per_example(lp)
     expected = _np_loss(name, ratios[:, 0], ratios[:, 1], beta)
@@ -68,7 +54,7 @@ def test_matches_numpy_formula(name, beta):
 
 def test_length_normalised_log_ratios():
     """``average=True`` divides each response's log-ratio by its own length."""
-    lp, ratios = _token_batch()
+    lp, ratios = padded_pair_batch()
     lengths = np.asarray(lp.mask).sum(-1)
     losses, _ = make("nca", beta=0.5, average=True).per_example(lp)
     expected = _np_loss("nca", ratios[:, 0] / lengths[:, 0], ratios[:, 1] / lengths[:, 1], 0.5)

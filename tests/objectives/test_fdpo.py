@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jalign.objectives import LogProbs, from_sequences
+from jalign.objectives import from_sequences
 from jalign.objectives.fdpo import DIVERGENCES, FDPO, fdpo_loss
 from jalign.objectives.pairwise import DPO
 from jalign.objectives.registry import make
+from numpy_reference import padded_pair_batch
 
 from random_batches import batch_for
 
@@ -37,26 +38,11 @@ def _np_fdpo(chosen, rejected, beta, divergence):
     return np.logaddexp(0.0, -logits)  # -log sigmoid
 
 
-def _token_batch():
-    """B = 3, T = 2 with padding; returns the batch and its sequence log-ratios [B, 2]."""
-    policy = np.array([[[-1.0, -2.0], [-0.5, -0.7]],
-                       [[-0.2, -0.3], [-4.0, -1.0]],
-                       [[-3.0, -0.1], [-0.1, -0.2]]])
-    reference = np.array([[[-1.5, -1.0], [-1.0, -0.2]],
-                          [[-2.0, -1.0], [-1.0, -1.0]],
-                          [[-1.0, -0.4], [-0.9, -0.1]]])
-    mask = np.array([[[1.0, 1.0], [1.0, 0.0]],
-                     [[1.0, 1.0], [1.0, 1.0]],
-                     [[1.0, 0.0], [1.0, 1.0]]])
-    lp = LogProbs(policy=jnp.asarray(policy), mask=jnp.asarray(mask), reference=jnp.asarray(reference))
-    return lp, ((policy - reference) * mask).sum(-1)
-
-
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_fdpo_matches_numpy_f_prime(divergence, beta):
     """-log sigmoid(beta f'(u_w) - beta f'(u_l)) with the paper's f', per example and batch mean."""
-    lp, ratios = _token_batch()
+    lp, ratios = padded_pair_batch()
     objective = FDPO(beta=beta, alpha=ALPHA, divergence=divergence)
     losses, metrics = objective.per_example(lp)
     expected = _np_fdpo(ratios[:, 0], ratios[:, 1], beta, divergence)

@@ -20,16 +20,13 @@ from jalign.objectives.reference_free import (
     ASFT, CPO, ORPO, TPO, SimPO, asft_loss, cpo_loss, log_odds, orpo_loss, simpo_loss,
     tpo_loss,
 )
+from numpy_reference import log_sigmoid
 
 # [B=2, G=3, T=4]: response 0 is TPO's gold; pairs use responses 1 and 2 (or 0 and 1).
 POLICY = np.array([[[-0.2, -0.4, -0.1, 0.0], [-1.0, -0.5, -2.0, 0.0], [-0.7, 0.0, 0.0, 0.0]],
                    [[-0.05, -0.1, 0.0, 0.0], [-0.3, -1.2, 0.0, 0.0], [-0.4, -0.6, -0.9, -1.1]]])
 MASK = np.array([[[1, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]],
                  [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]], np.float32)
-
-
-def _np_log_sigmoid(x):
-    return -np.logaddexp(0.0, -x)
 
 
 def _lp(responses=(1, 2), dtype=jnp.float32):
@@ -65,7 +62,7 @@ def test_simpo_matches_eq_6():
     """Meng et al. Eq. 6 with length-averaged log-probs."""
     beta, gamma = 2.0, 0.7
     mean = _means()
-    expected = -_np_log_sigmoid(beta * (mean[:, 0] - mean[:, 1]) - gamma)
+    expected = -log_sigmoid(beta * (mean[:, 0] - mean[:, 1]) - gamma)
     losses, metrics = SimPO(beta=beta, gamma=gamma).per_example(_lp())
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     np.testing.assert_allclose(metrics["rewards/chosen"], beta * mean[:, 0], rtol=1e-6)
@@ -83,7 +80,7 @@ def test_cpo_matches_hand_formula_and_without_nll_is_simpo():
     """Xu et al.: -log sigma(beta (log pi_w - log pi_l)) - alpha log pi_w, sequence log-probs."""
     beta, alpha = 0.1, 1.0
     seq = _sums()
-    expected = -_np_log_sigmoid(beta * (seq[:, 0] - seq[:, 1])) - alpha * seq[:, 0]
+    expected = -log_sigmoid(beta * (seq[:, 0] - seq[:, 1])) - alpha * seq[:, 0]
     losses, metrics = CPO(beta=beta, alpha=alpha).per_example(_lp())
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     np.testing.assert_allclose(metrics["nll"], -seq[:, 0], rtol=1e-6)
@@ -96,7 +93,7 @@ def test_orpo_matches_eqs_6_7():
     lam = 0.25
     mean = _means()
     ratio = _np_log_odds(mean[:, 0]) - _np_log_odds(mean[:, 1])
-    expected = -mean[:, 0] - lam * _np_log_sigmoid(ratio)
+    expected = -mean[:, 0] - lam * log_sigmoid(ratio)
     losses, metrics = ORPO(lam=lam).per_example(_lp())
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     np.testing.assert_allclose(metrics["rewards/margin"], ratio, rtol=1e-5)
@@ -114,12 +111,12 @@ def test_tpo_matches_hand_formula():
     """Saeidi et al. Eq. 3: -log sigma(beta (log pi_w - log pi_l)) - alpha mean log pi(gold)."""
     beta, alpha = 0.2, 0.05
     seq, gold = _sums(), _means((0,))[:, 0]
-    expected = -_np_log_sigmoid(beta * (seq[:, 0] - seq[:, 1])) - alpha * gold
+    expected = -log_sigmoid(beta * (seq[:, 0] - seq[:, 1])) - alpha * gold
     losses, metrics = TPO(beta=beta, alpha=alpha).per_example(_lp((0, 1, 2)))
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     np.testing.assert_allclose(metrics["nll"], -gold, rtol=1e-6)
     mean = _means()
-    tpo_l = -_np_log_sigmoid(beta * (mean[:, 0] - mean[:, 1]) - 0.5) - alpha * gold
+    tpo_l = -log_sigmoid(beta * (mean[:, 0] - mean[:, 1]) - 0.5) - alpha * gold
     np.testing.assert_allclose(TPO(beta=beta, alpha=alpha, gamma=0.5, average=True).per_example(_lp((0, 1, 2)))[0],
                                tpo_l, rtol=1e-6)
 

@@ -17,6 +17,7 @@ from jalign.objectives.weighted import (
     DPOP, IREPO, LDDPO, MADPO, MODPO, WPO, SoftDPO, dpop_loss, irepo_loss, madpo_loss, modpo_loss,
     soft_dpo_loss, wpo_loss,
 )
+from numpy_reference import log_sigmoid
 
 POLICY = np.array([[-1.0, -2.0], [-3.0, -1.0], [-0.2, -7.0], [-4.0, -4.5]])
 REFERENCE = np.array([[-1.5, -1.5], [-2.0, -2.0], [-1.0, -1.0], [-3.0, -5.0]])
@@ -26,10 +27,6 @@ PREFERENCE = np.array([0.9, 0.5, 0.0, 1.0])
 SCORE = np.array([[1.0, 0.0], [0.2, 0.7], [3.0, -1.0], [0.0, 0.0]])
 OTHER = np.array([[[1.0, 0.5], [0.0, 0.5]], [[-1.0, 2.0], [0.5, 0.0]],
                   [[0.3, 0.3], [0.1, 0.9]], [[2.0, -2.0], [1.0, 1.0]]])  # [B, 2, K=2]
-
-
-def _np_log_sigmoid(x):
-    return -np.logaddexp(0.0, -x)
 
 
 def _seq_batch(**labels):
@@ -59,7 +56,7 @@ def _token_lp(extras=None):
 def test_dpop_matches_hand_formula():
     """Pal et al. Eq. 3 in NumPy; pair 1 has log pi(y_w) < log pi_ref(y_w), so its penalty is active."""
     beta, lam = 0.2, 5.0
-    expected = -_np_log_sigmoid(beta * (H - lam * np.maximum(0.0, -RATIOS[:, 0])))
+    expected = -log_sigmoid(beta * (H - lam * np.maximum(0.0, -RATIOS[:, 0])))
     losses, metrics = DPOP(beta=beta, lam=lam).per_example(_seq_batch())
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     np.testing.assert_allclose(metrics["dpop/penalty"], np.maximum(0.0, -RATIOS[:, 0]), rtol=1e-6)
@@ -79,9 +76,9 @@ def test_wpo_matches_hand_formula():
     log_w = np.sum((policy - sq) * mask, -1) / mask.sum(-1)  # [B, 2]
     h = np.sum((policy - reference) * mask, -1) @ np.array([1.0, -1.0])
     lp = _token_lp({"log_prob_sq_sum": jnp.asarray(sq)})
-    uncapped = -np.exp(log_w.sum(-1)) * _np_log_sigmoid(beta * h)
+    uncapped = -np.exp(log_w.sum(-1)) * log_sigmoid(beta * h)
     np.testing.assert_allclose(WPO(beta=beta).per_example(lp)[0], uncapped, rtol=1e-6)
-    capped = -np.minimum(np.exp(log_w.sum(-1)), 1.0) * _np_log_sigmoid(beta * h)
+    capped = -np.minimum(np.exp(log_w.sum(-1)), 1.0) * log_sigmoid(beta * h)
     np.testing.assert_allclose(WPO(beta=beta, max_weight=1.0).per_example(lp)[0], capped, rtol=1e-6)
     assert np.exp(log_w.sum(-1)).min() < 1.0 < np.exp(log_w.sum(-1)).max()  # cap exercised
 
@@ -108,7 +105,7 @@ def test_ld_dpo_matches_hand_formula():
     weights[0, 0, 1:] = alpha  # l_p = 1 for pair 0: tokens 2-3 of y_w
     weights[1, 1, 2:] = alpha  # l_p = 2 for pair 1: tokens 3-4 of y_l
     ratios = np.sum(weights * (policy - reference) * mask, -1)
-    expected = -_np_log_sigmoid(beta * (ratios[:, 0] - ratios[:, 1]))
+    expected = -log_sigmoid(beta * (ratios[:, 0] - ratios[:, 1]))
     losses, metrics = LDDPO(beta=beta, alpha=alpha).per_example(_token_lp())
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     np.testing.assert_allclose(metrics["ld_dpo/public_length"], [1.0, 2.0])
@@ -147,7 +144,7 @@ def test_madpo_matches_hand_formula():
     h_phi = SCORE[:, 0] - SCORE[:, 1]
     weight = _np_madpo_weight(h_phi)
     losses, metrics = MADPO(beta=beta).per_example(lp)
-    np.testing.assert_allclose(losses, -weight * _np_log_sigmoid(beta * H), rtol=1e-5)
+    np.testing.assert_allclose(losses, -weight * log_sigmoid(beta * H), rtol=1e-5)
     np.testing.assert_allclose(metrics["madpo/weight"], weight, rtol=1e-5)
     assert weight[0] > 1.0 > weight[2]  # hard pair amplified, easy pair dampened
     np.testing.assert_allclose(weight[3], 1.0)  # sigma(0)/sigma(0)
@@ -195,10 +192,10 @@ def test_modpo_matches_hand_formula():
     """Zhou et al.: -log sigma((beta h - w_{1:} . (r(y_w) - r(y_l))) / w_0)."""
     beta, w = 0.2, np.array([0.5, 0.3, 0.2])
     other_margin = (OTHER[:, 0] - OTHER[:, 1]) @ w[1:]
-    expected = -_np_log_sigmoid((beta * H - other_margin) / w[0])
+    expected = -log_sigmoid((beta * H - other_margin) / w[0])
     lp = _seq_batch(other_rewards=OTHER)
     np.testing.assert_allclose(MODPO(beta=beta, weights=jnp.asarray(w)).per_example(lp)[0], expected, rtol=1e-6)
-    uniform = -_np_log_sigmoid((beta * H - (OTHER[:, 0] - OTHER[:, 1]).sum(-1) / 3) * 3)
+    uniform = -log_sigmoid((beta * H - (OTHER[:, 0] - OTHER[:, 1]).sum(-1) / 3) * 3)
     np.testing.assert_allclose(MODPO(beta=beta).per_example(lp)[0], uniform, rtol=1e-6)
 
 
