@@ -22,17 +22,29 @@ from tiny_experiment import experiment  # noqa: E402
 STEPS = 6
 
 
-def _kill_after(out: pathlib.Path, rows: int) -> None:
-    """Starts training in a subprocess and SIGKILLs it once ``rows`` metric rows exist."""
+def _wait_for(condition, proc) -> None:
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.005)
+
+
+def _kill_after(out: pathlib.Path, step: int, rng: random.Random) -> None:
+    """Starts training in a subprocess and SIGKILLs it at a random moment after checkpoint ``step``.
+
+    The moment is a random fraction of one step's duration (measured in this
+    run: checkpoint ``step`` final -> metrics row ``step + 1``) after row
+    ``step + 1``, so it can land inside the next checkpoint write or the
+    next step's computation, on a fast machine or a slow one.
+    """
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, str(HERE / "tiny_experiment.py"), str(out), str(STEPS)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finalised = out / "run" / "checkpoints" / str(step)  # orbax renames the temporary folder when done
     metrics = out / "run" / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
-            break
-        time.sleep(0.05)
+    _wait_for(finalised.is_dir, proc)
+    start = time.time()
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > step, proc)
+    time.sleep(rng.uniform(0.0, time.time() - start))
     assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -42,9 +54,11 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     reference = train(experiment(tmp_path / "straight", STEPS), progress=False)
     interrupted = tmp_path / "killed"
     experiment(interrupted, STEPS)  # tokenizer first, so the subprocess starts straight into training
-    _kill_after(interrupted, rows=random.Random(os.getpid()).randint(1, STEPS - 2))
+    rng = random.Random(os.getpid())
+    kill_after_step = rng.randint(1, STEPS - 3)
+    _kill_after(interrupted, kill_after_step, rng)
     resumed = train(experiment(interrupted, STEPS), progress=False)
-    assert resumed["resumed_from"] >= 1
+    assert kill_after_step <= resumed["resumed_from"] < STEPS
     straight_rows = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
     resumed_rows = read_metrics(interrupted / "run" / "metrics.jsonl")
     assert [r["step"] for r in resumed_rows] == list(range(1, STEPS + 1))
