@@ -63,14 +63,14 @@ def curves(cls) -> tuple[jax.Array, jax.Array]:
     objective = cls()
 
     def loss(margin):
-        return objective(_batch(margin, cls.requires))[0]
+        return objective(_batch(margin, cls().requires))[0]
 
     return jax.jit(jax.vmap(jax.value_and_grad(loss)))(MARGINS)
 
 
 def plottable() -> dict[str, type]:
     """Registered objectives the margin sweep applies to (pairs and singles)."""
-    return {n: c for n, c in registered().items() if c.requires.responses in (PAIR, SINGLE)}
+    return {n: c for n, c in registered().items() if c().requires.responses in (PAIR, SINGLE)}
 
 
 def _landmarks(losses, grads) -> tuple[float, float, float]:
@@ -100,7 +100,7 @@ def main(out_dir: pathlib.Path) -> dict[str, tuple[float, float, float]]:
     for (family, names), (ax_loss, ax_weight) in zip(grouped.items(), axes):
         for name in names:
             losses, grads = curves(table[name])
-            style = "-" if table[name].requires.responses == PAIR else "--"
+            style = "-" if table[name]().requires.responses == PAIR else "--"
             peak = float(jnp.max(jnp.abs(grads)))
             ax_loss.plot(MARGINS, losses, style, label=name)
             ax_weight.plot(MARGINS, -grads / (peak if peak > 0 else 1.0), style, label=name)
@@ -118,7 +118,7 @@ def main(out_dir: pathlib.Path) -> dict[str, tuple[float, float, float]]:
     plt.close(fig)
     lines = ["| objective | inputs | loss at h=0 | -dL/dh at h=0 | last h with weight > 1% of peak |",
              "|---|---|---|---|---|"]
-    lines += [f"| {n} | {table[n].requires.describe()} | {a:.4g} | {b:.4g} | {c:.3g} |" for n, (a, b, c) in rows.items()]
+    lines += [f"| {n} | {table[n]().requires.describe()} | {a:.4g} | {b:.4g} | {c:.3g} |" for n, (a, b, c) in rows.items()]
     (out_dir / "gallery.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out_dir / 'gallery.png'} and {out_dir / 'gallery.md'}")

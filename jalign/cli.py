@@ -26,8 +26,13 @@ def _objectives_table(args) -> int:
         hypers = ", ".join(
             f"{k}={'<required>' if v is dataclasses.MISSING else v!r}"
             for k, v in hyperparameter_defaults(cls).items())
-        print(f"{name}\n  paper:    {cls.citation}\n  requires: {cls.requires.describe()}"
-              f"\n  hyperparameters: {hypers or '-'}")
+        default = cls()
+        strength = default.strength_path or "-"
+        lines = [f"{name}", f"  paper:    {cls.citation}", f"  requires: {default.requires.describe()}"]
+        if default.sampling is not None:
+            lines.append(f"  sampling: {default.sampling.describe()}")
+        lines += [f"  strength: {strength}", f"  hyperparameters: {hypers or '-'}"]
+        print("\n".join(lines))
     return 0
 
 

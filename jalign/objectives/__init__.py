@@ -1,21 +1,58 @@
 """Pure, composable preference objectives over log-prob pytrees.
 
 Every registered objective is exported here under its registry name, so an
-experiment reads ``dpo(beta=0.1) + 0.2 * sft()``. ``objectives`` imports only
+experiment reads ``dpo(beta=0.1) + 0.2 * sft()``; ``OBJECTIVES`` lists those
+names (a test checks it against the registry). ``objectives`` imports only
 jax, chex and numpy: no models, sharding, data or training code.
 """
 
-from jalign.objectives import (  # noqa: F401  (importing a family registers its objectives)
-    anchored, distributional, fdpo, gpo, listwise, online, pairwise, reference_free, robust, sft,
-    token_level, unpaired, weighted,
-)
 from jalign.objectives.batch import LogProbs, from_sequences
-from jalign.objectives.core import Objective, Requirements, Scaled, Sum, batch_mean, static_field
-from jalign.objectives.registry import _REGISTRY, make, objective, registered
+from jalign.objectives.core import Objective, Scaled, Sum, batch_mean, static_field
+from jalign.objectives.declaration import Requirements, Sampling
+from jalign.objectives.anchored import (
+    APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
+)
+from jalign.objectives.distributional import (
+    AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
+    EXOReward as exo_reward,
+)
+from jalign.objectives.fdpo import FDPO as fdpo
+from jalign.objectives.gpo import (
+    GPOExponential as gpo_exponential, GPOHinge as gpo_hinge, GPOLogistic as gpo_logistic,
+    GPOSavage as gpo_savage, GPOSquared as gpo_squared,
+    GPOTruncatedQuadratic as gpo_truncated_quadratic, SLiC as slic,
+)
+from jalign.objectives.listwise import (
+    CurryDPO as curry_dpo, LiPOLambda as lipo_lambda, LiPOSoftmax as lipo_softmax, ListMLE as list_mle,
+)
+from jalign.objectives.online import (
+    EGPO as egpo, INPO as inpo, IPOMD as ipo_md, NashMD as nash_md, NashMDPG as nash_md_pg,
+    OnlineDPO as online_dpo, OnlineIPO as online_ipo, SPPO as sppo,
+)
+from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
+from jalign.objectives.reference_free import (
+    ASFT as asft, CPO as cpo, ORPO as orpo, SimPO as simpo, TPO as tpo,
+)
+from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
+from jalign.objectives.sft import SFT as sft
+from jalign.objectives.token_level import SparsePO as sparsepo, TDPO1 as tdpo1, TDPO2 as tdpo2, TGDPO as tgdpo
+from jalign.objectives.unpaired import BCO as bco, BCOPair as bco_pair, KTO as kto, NPO as npo
+from jalign.objectives.weighted import (
+    DPOP as dpop, IREPO as irepo, LDDPO as ld_dpo, MADPO as madpo, MODPO as modpo, SoftDPO as soft_dpo,
+    WPO as wpo,
+)
+from jalign.objectives.registry import make, objective, registered
 
-globals().update(_REGISTRY)
+OBJECTIVES = (
+    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "cpo", "curry_dpo",
+    "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpo_exponential", "gpo_hinge",
+    "gpo_logistic", "gpo_savage", "gpo_squared", "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md",
+    "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda", "lipo_softmax", "list_mle", "madpo", "modpo",
+    "nash_md", "nash_md_pg", "nca", "npo", "online_dpo", "online_ipo", "orpo", "rdpo", "sft", "simpo",
+    "slic", "soft_dpo", "sparsepo", "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
+)
 
 __all__ = [
-    "LogProbs", "Objective", "Requirements", "Scaled", "Sum", "batch_mean", "from_sequences",
-    "make", "objective", "registered", "static_field", *_REGISTRY,
+    "LogProbs", "OBJECTIVES", "Objective", "Requirements", "Sampling", "Scaled", "Sum", "batch_mean",
+    "from_sequences", "make", "objective", "registered", "static_field", *OBJECTIVES,
 ]

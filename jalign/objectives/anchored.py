@@ -65,6 +65,7 @@ def nca_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, *, beta) -> Arr
 
 @objective(
     "nca",
+    strength="beta",
     citation="Chen et al. 2024, Noise Contrastive Alignment of Language Models with Explicit "
     "Rewards, pairwise NCA loss (K = 2)",
     requires=PAIRED_WITH_REFERENCE,
@@ -116,6 +117,7 @@ def sppo_hard_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, *, beta) 
 
 @objective(
     "sppo_hard",
+    strength="beta",
     citation="Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, "
     "Algorithm 1 square-loss update (Eq. 4.7) with hard win probabilities P(y_w) = 1, P(y_l) = 0",
     requires=PAIRED_WITH_REFERENCE,
@@ -195,7 +197,7 @@ _APO = ("D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contras
         "Addressing Underspecification in Alignment, ")
 
 
-@objective("apo_zero", citation=_APO + "Eq. 7 (APO-zero)", requires=PAIRED_WITH_REFERENCE)
+@objective("apo_zero", strength="beta", citation=_APO + "Eq. 7 (APO-zero)", requires=PAIRED_WITH_REFERENCE)
 class APOZero(Objective):
     r"""APO-zero: ``(1 - sigmoid(beta r_w)) + sigmoid(beta r_l)``.
 
@@ -214,7 +216,7 @@ class APOZero(Objective):
         return losses, reference_pairwise_metrics(lp, self.beta, average=self.average)
 
 
-@objective("apo_down", citation=_APO + "Eq. 8 (APO-down)", requires=PAIRED_WITH_REFERENCE)
+@objective("apo_down", strength="beta", citation=_APO + "Eq. 8 (APO-down)", requires=PAIRED_WITH_REFERENCE)
 class APODown(Objective):
     r"""APO-down: ``sigmoid(beta r_w) + (1 - sigmoid(beta (r_w - r_l)))``.
 

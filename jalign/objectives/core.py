@@ -25,65 +25,16 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
+from jalign.objectives.declaration import (  # noqa: F401  (re-exported: family modules import them here)
+    ANY, LIST, MIXTURE, PAIR, SINGLE, TRIPLE, Requirements, Sampling,
+)
 
 Metrics = dict[str, Array]
-
-# What a batch must hold for an objective: the shape of the response axis.
-PAIR = "pair"  # G == 2, chosen first
-SINGLE = "single"  # G == 1
-TRIPLE = "triple"  # G == 3: (gold, chosen, rejected)
-LIST = "list"  # G >= 2
-ANY = "any"  # any G
 
 
 def static_field(default: Any = dataclasses.MISSING, **kwargs) -> Any:
     """A dataclass field that is program structure, not a traced hyperparameter."""
     return dataclasses.field(default=default, metadata={"static": True}, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Requirements:
-    """What an objective needs from its input batch.
-
-    Attributes:
-      responses: one of ``"pair"``, ``"single"``, ``"triple"``, ``"list"``, ``"any"``.
-      reference: whether reference log-probs are needed.
-      labels: label keys needed (see ``batch.py``).
-      extras: per-token extras needed (see ``batch.py``).
-    """
-
-    responses: str = PAIR
-    reference: bool = True
-    labels: tuple[str, ...] = ()
-    extras: tuple[str, ...] = ()
-
-    def check(self, lp: LogProbs, name: str) -> None:
-        """Raises ``ValueError`` naming the objective and the missing input."""
-        g = lp.policy.shape[1] if lp.policy.ndim == 3 else None
-        if lp.policy.ndim != 3 or lp.mask.shape != lp.policy.shape:
-            raise ValueError(
-                f"{name}: policy and mask must both be [B, G, T]; got "
-                f"{lp.policy.shape=} {lp.mask.shape=}")
-        wrong_g = {PAIR: g != 2, SINGLE: g != 1, TRIPLE: g != 3, LIST: g < 2}.get(self.responses, False)
-        if wrong_g:
-            raise ValueError(f"{name}: needs responses={self.responses!r}; batch has G={g}")
-        if self.reference and lp.reference is None:
-            raise ValueError(f"{name}: needs reference log-probs; batch has reference=None")
-        if self.reference and lp.reference.shape != lp.policy.shape:
-            raise ValueError(f"{name}: reference shape {lp.reference.shape} != policy {lp.policy.shape}")
-        for key in self.labels:
-            if key not in lp.labels:
-                raise ValueError(f"{name}: needs labels[{key!r}]; batch has labels {sorted(lp.labels)}")
-        for key in self.extras:
-            if key not in lp.extras:
-                raise ValueError(f"{name}: needs extras[{key!r}]; batch has extras {sorted(lp.extras)}")
-
-    def describe(self) -> str:
-        parts = [{PAIR: "paired", SINGLE: "unpaired", TRIPLE: "triples", LIST: "listwise", ANY: "any G"}[self.responses]]
-        parts.append("reference" if self.reference else "reference-free")
-        parts += [f"labels[{k}]" for k in self.labels]
-        parts += [f"extras[{k}]" for k in self.extras]
-        return ", ".join(parts)
 
 
 def batch_mean(values: Array, weights: Array | None = None) -> Array:
@@ -98,11 +49,54 @@ def batch_mean(values: Array, weights: Array | None = None) -> Array:
 
 
 class Objective:
-    """Base class of all objectives. Subclasses implement :meth:`compute`."""
+    """Base class of all objectives. Subclasses implement :meth:`compute`.
+
+    Declarations live on the instance and compose (``jalign.objectives.declaration``):
+
+    - ``requires``: what the batch must hold;
+    - ``sampling``: for online objectives, where responses and labels come
+      from (``None`` for offline ones);
+    - ``strength_path``: the dotted path of the hyperparameter that sets the
+      regularisation strength (whatever the paper calls it: DPO's ``beta``,
+      IPO's ``tau``), relative to the objective; ``strength`` is its value.
+
+    A registered objective declares them once, in ``@objective(...)``; sums,
+    weights and wrappers derive theirs from their parts.
+    """
 
     name: ClassVar[str] = "objective"
     citation: ClassVar[str] = ""
-    requires: ClassVar[Requirements] = Requirements(responses=ANY, reference=False)
+    declared_requires: ClassVar[Requirements] = Requirements(responses=ANY, reference=False)
+    declared_sampling: ClassVar[Sampling | None] = None
+    strength_field: ClassVar[str | None] = None
+
+    @property
+    def requires(self) -> Requirements:
+        """What this objective, with these hyperparameters, needs from its batch."""
+        return self.declared_requires
+
+    @property
+    def sampling(self) -> Sampling | None:
+        """Where responses and labels come from, with a mixture coefficient resolved to its value."""
+        declared = self.declared_sampling
+        if declared is None:
+            return None
+        mixing = MIXTURE in declared.sources()
+        return dataclasses.replace(declared, mixture=getattr(self, declared.mixture) if mixing else None)
+
+    @property
+    def strength_path(self) -> str | None:
+        """Dotted path of the regularisation-strength hyperparameter, or ``None``."""
+        return self.strength_field
+
+    @property
+    def strength(self) -> Any:
+        """The regularisation strength's value, or ``None`` when the objective has none."""
+        return None if self.strength_field is None else getattr(self, self.strength_field)
+
+    def named_terms(self) -> tuple[tuple[str, "Objective"], ...]:
+        """``((name, term), ...)``: the terms of a sum, numbered when names repeat; else ``self``."""
+        return ((self.name, self),)
 
     def compute(self, lp: LogProbs) -> tuple[Array, Metrics]:
         """Per-example losses ``[B]`` and metrics (each ``[B]`` or scalar)."""
@@ -157,7 +151,7 @@ def hyperparameters(objective: Objective) -> Mapping[str, Any]:
 
 @register_pytree
 class Scaled(Objective):
-    """``weight * inner``: scales the loss, keeps the inner objective's metrics."""
+    """``weight * inner``: scales the loss; declarations and metrics are the inner objective's."""
 
     weight: Any = 1.0
     inner: Objective = None
@@ -166,9 +160,45 @@ class Scaled(Objective):
     def name(self) -> str:
         return self.inner.name
 
+    @property
+    def requires(self) -> Requirements:
+        return self.inner.requires
+
+    @property
+    def sampling(self) -> Sampling | None:
+        return self.inner.sampling
+
+    @property
+    def strength_path(self) -> str | None:
+        return self.inner.strength_path
+
+    @property
+    def strength(self) -> Any:
+        return self.inner.strength
+
     def per_example(self, lp: LogProbs) -> tuple[Array, Metrics]:
         losses, metrics = self.inner.per_example(lp)
         return self.weight * losses, metrics
+
+
+def _numbered(names: list[str]) -> list[str]:
+    """``["dpo", "sft", "dpo"]`` -> ``["dpo", "sft", "dpo_1"]``."""
+    out, seen = [], {}
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}_{count}")
+    return out
+
+
+def _same_sampling(a: Sampling, b: Sampling) -> bool:
+    """Equal declarations; mixture coefficients are compared when concrete (traced ones may differ)."""
+    if dataclasses.replace(a, mixture=None) != dataclasses.replace(b, mixture=None):
+        return False
+    try:
+        return bool(a.mixture == b.mixture)
+    except jax.errors.ConcretizationTypeError:
+        return True
 
 
 @register_pytree
@@ -176,7 +206,9 @@ class Sum(Objective):
     """The sum of several objectives; metrics are namespaced ``"{term}/{metric}"``.
 
     Each term also reports ``"{term}/loss"``, its (weighted) contribution.
-    Terms with the same name are numbered: ``dpo``, ``dpo_1``.
+    Terms with the same name are numbered: ``dpo``, ``dpo_1``. The sum needs
+    the union of its terms' requirements; at most one sampling declaration
+    may occur among its terms (every term sees the same sampled batch).
     """
 
     terms: tuple = ()
@@ -185,12 +217,43 @@ class Sum(Objective):
     def name(self) -> str:
         return "+".join(term.name for term in self.terms)
 
-    def per_example(self, lp: LogProbs) -> tuple[Array, Metrics]:
-        total, metrics, seen = 0.0, {}, {}
+    def named_terms(self) -> tuple[tuple[str, Objective], ...]:
+        return tuple(zip(_numbered([term.name for term in self.terms]), self.terms))
+
+    @property
+    def requires(self) -> Requirements:
+        needs = Requirements(responses=ANY, reference=False)
         for term in self.terms:
-            count = seen.get(term.name, 0)
-            seen[term.name] = count + 1
-            prefix = term.name if count == 0 else f"{term.name}_{count}"
+            needs = needs.union(term.requires, where=self.name)
+        return needs
+
+    @property
+    def sampling(self) -> Sampling | None:
+        declared = [(n, t.sampling) for n, t in self.named_terms() if t.sampling is not None]
+        for name, sampling in declared[1:]:
+            if not _same_sampling(sampling, declared[0][1]):
+                raise ValueError(f"{self.name}: terms {declared[0][0]!r} and {name!r} declare different "
+                                 "sampling; a sum samples its batch one way")
+        return declared[0][1] if declared else None
+
+    def _strength_term(self) -> tuple[str, Objective] | None:
+        with_strength = [(n, t) for n, t in self.named_terms() if t.strength_path is not None]
+        return with_strength[0] if len(with_strength) == 1 else None
+
+    @property
+    def strength_path(self) -> str | None:
+        """``"{term}.{path}"`` when exactly one term has a strength; otherwise ``None`` (ambiguous)."""
+        found = self._strength_term()
+        return None if found is None else f"{found[0]}.{found[1].strength_path}"
+
+    @property
+    def strength(self) -> Any:
+        found = self._strength_term()
+        return None if found is None else found[1].strength
+
+    def per_example(self, lp: LogProbs) -> tuple[Array, Metrics]:
+        total, metrics = 0.0, {}
+        for prefix, term in self.named_terms():
             losses, term_metrics = term.per_example(lp)
             total = total + losses
             metrics[f"{prefix}/loss"] = losses

@@ -75,6 +75,7 @@ def exo_loss(margin: Array, *, beta, label_smoothing=1e-3) -> Array:
 
 @objective(
     "exo",
+    strength="beta",
     citation="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment, "
     "Eq. 16 (pairwise EXO, label smoothing epsilon)",
     requires=PAIRED_WITH_REFERENCE,
@@ -132,6 +133,7 @@ def exo_reward_loss(log_ratios_: Array, scores: Array, valid: Array | None = Non
 
 @objective(
     "exo_reward",
+    strength="beta",
     citation="Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment, "
     "EXO with explicit rewards over K responses (EXO-rw)",
     requires=Requirements(responses=LIST, reference=True, labels=("score",)),
@@ -194,6 +196,7 @@ def discopop_loss(margin: Array, *, beta, tau=0.05) -> Array:
 
 @objective(
     "discopop",
+    strength="beta",
     citation="Chen, Lu et al. 2024, Discovering Preference Optimization Algorithms with and for "
     "Large Language Models, Eq. 5 (log-ratio modulated loss, LRML)",
     requires=PAIRED_WITH_REFERENCE,
@@ -263,7 +266,7 @@ _AOT_CITATION = ("Melnyk et al. 2024, Distributional Preference Alignment of LLM
                  "Transport, AOT with the logistic relaxation, ")
 
 
-@objective("aot_paired", citation=_AOT_CITATION + "paired setting", requires=PAIRED_WITH_REFERENCE)
+@objective("aot_paired", strength="beta", citation=_AOT_CITATION + "paired setting", requires=PAIRED_WITH_REFERENCE)
 class AOTPaired(_AOT):
     r"""AOT, paired: the policy's chosen-vs-rejected log-likelihood ratio dominates the reference's.
 
@@ -286,7 +289,7 @@ class AOTPaired(_AOT):
         return self._finish(lp, policy_margin, reference_margin)
 
 
-@objective("aot_unpaired", citation=_AOT_CITATION + "unpaired setting", requires=PAIRED_WITH_REFERENCE)
+@objective("aot_unpaired", strength="beta", citation=_AOT_CITATION + "unpaired setting", requires=PAIRED_WITH_REFERENCE)
 class AOTUnpaired(_AOT):
     r"""AOT, unpaired: chosen log-ratios dominate rejected log-ratios as distributions.
 

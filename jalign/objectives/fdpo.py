@@ -98,6 +98,7 @@ def fdpo_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, *, beta, diver
 
 @objective(
     "fdpo",
+    strength="beta",
     citation="Wang et al. 2023, Beyond Reverse KL: Generalizing Direct Preference Optimization "
     "with Diverse Divergence Constraints, the f-DPO objective",
     requires=Requirements(responses=PAIR, reference=True),

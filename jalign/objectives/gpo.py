@@ -122,7 +122,7 @@ _CITATION = ("Tang et al. 2024, Generalized Preference Optimization: A Unified A
              "Offline Alignment, Sec. 2, GPO loss E[f(beta * h)] with f = ")
 
 
-@objective("gpo_logistic", citation=_CITATION + "log(1 + exp(-x)) (= DPO)", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_logistic", strength="beta", citation=_CITATION + "log(1 + exp(-x)) (= DPO)", requires=PAIRED_WITH_REFERENCE)
 class GPOLogistic(_GPO):
     r"""GPO with the logistic loss :math:`\log(1 + e^{-\beta h})`; identical to DPO.
 
@@ -133,7 +133,7 @@ class GPOLogistic(_GPO):
     convex: ClassVar[str] = "logistic"
 
 
-@objective("gpo_hinge", citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)",
+@objective("gpo_hinge", strength="beta", citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)",
            requires=PAIRED_WITH_REFERENCE)
 class GPOHinge(_GPO):
     r"""GPO with the hinge loss :math:`\max(0, 1 - \beta h)`; ``beta * slic(delta=1/beta)``.
@@ -144,7 +144,7 @@ class GPOHinge(_GPO):
     convex: ClassVar[str] = "hinge"
 
 
-@objective("gpo_squared", citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)",
+@objective("gpo_squared", strength="beta", citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)",
            requires=PAIRED_WITH_REFERENCE)
 class GPOSquared(_GPO):
     r"""GPO with the squared loss :math:`(\beta h - 1)^2`; ``4 tau^2 * ipo(tau)`` at ``beta = 2 tau``.
@@ -155,7 +155,7 @@ class GPOSquared(_GPO):
     convex: ClassVar[str] = "squared"
 
 
-@objective("gpo_exponential", citation=_CITATION + "exp(-x)", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_exponential", strength="beta", citation=_CITATION + "exp(-x)", requires=PAIRED_WITH_REFERENCE)
 class GPOExponential(_GPO):
     r"""GPO with the exponential loss :math:`e^{-\beta h}`.
 
@@ -167,7 +167,7 @@ class GPOExponential(_GPO):
     convex: ClassVar[str] = "exponential"
 
 
-@objective("gpo_truncated_quadratic", citation=_CITATION + "max(0, 1 - x)^2", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_truncated_quadratic", strength="beta", citation=_CITATION + "max(0, 1 - x)^2", requires=PAIRED_WITH_REFERENCE)
 class GPOTruncatedQuadratic(_GPO):
     r"""GPO with the truncated quadratic loss :math:`\max(0, 1 - \beta h)^2`.
 
@@ -177,7 +177,7 @@ class GPOTruncatedQuadratic(_GPO):
     convex: ClassVar[str] = "truncated_quadratic"
 
 
-@objective("gpo_savage", citation=_CITATION + "1 / (1 + exp(x))^2", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_savage", strength="beta", citation=_CITATION + "1 / (1 + exp(x))^2", requires=PAIRED_WITH_REFERENCE)
 class GPOSavage(_GPO):
     r"""GPO with the Savage loss :math:`1 / (1 + e^{\beta h})^2 = \sigma(-\beta h)^2`.
 
@@ -211,6 +211,7 @@ def slic_loss(margin: Array, *, delta) -> Array:
 
 @objective(
     "slic",
+    strength=None,
     citation="Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, "
     "calibration term max(0, delta - margin); on reference log-ratios as in GPO (Tang et al. 2024)",
     requires=PAIRED_WITH_REFERENCE,

@@ -185,6 +185,7 @@ def _list_metrics(rewards: Array, scores: Array, valid: Array) -> dict:
 
 @objective(
     "lipo_lambda",
+    strength="beta",
     citation="Liu et al. 2024, LiPO: Listwise Preference Optimization through Learning-to-Rank, "
     "Sec. 4 (LiPO-lambda)",
     requires=SCORED_LISTS,
@@ -207,6 +208,7 @@ class LiPOLambda(Objective):
 
 @objective(
     "lipo_softmax",
+    strength="beta",
     citation="Liu et al. 2024, LiPO: Listwise Preference Optimization through Learning-to-Rank, "
     "Sec. 4 (softmax cross-entropy listwise loss)",
     requires=SCORED_LISTS,
@@ -228,6 +230,7 @@ class LiPOSoftmax(Objective):
 
 @objective(
     "list_mle",
+    strength="beta",
     citation="Xia et al. 2008, Listwise Approach to Learning to Rank (ListMLE), the list MLE "
     "baseline of Liu et al. 2024, LiPO, Sec. 4",
     requires=SCORED_LISTS,
@@ -293,6 +296,7 @@ def ranked_dpo_loss(log_ratios_: Array, scores: Array, valid: Array | None = Non
 
 @objective(
     "curry_dpo",
+    strength="beta",
     citation="Pattnaik et al. 2024, Curry-DPO: Enhancing Alignment using Curriculum Learning & "
     "Ranked Preferences, Sec. 3 (DPO on pairs from ranked lists)",
     requires=SCORED_LISTS,

@@ -1,10 +1,11 @@
 """Online and game-theoretic objectives, each with the sampling it declares.
 
 These objectives are still pure functions of a :class:`LogProbs` batch; what
-makes them *online* is where their responses and labels come from. Each class
-carries a :class:`Sampling` declaration (a class attribute, like
-``requires``): the policy each response slot is drawn from, the policy that
-fills ``reference``, and the labels an oracle must provide. The tabular engine
+makes them *online* is where their responses and labels come from. Each one
+declares its :class:`~jalign.objectives.declaration.Sampling` at registration
+(an instance's ``sampling`` property, which survives composition): the policy
+each response slot is drawn from, the policy that fills ``reference``, and the
+labels an oracle must provide. The tabular engine
 (:mod:`jalign.tabular.engine`) satisfies it with exact expectations or
 samples; the LLM trainer with generation and a preference model.
 
@@ -19,64 +20,26 @@ Labels used here besides ``"preference"`` ``[B]`` (P(y_0 ≻ y_1)):
 
 Sources (strings, so declarations read plainly): ``"policy"`` (the current
 policy, without gradient), ``"reference"``, ``"mixture"`` (the geometric
-mixture ``pi^(1-b) ref^b``; ``b`` is the hyperparameter named by
-``Sampling.mixture``), ``"previous"`` (the previous iterate pi_t),
+mixture ``pi^(1-b) ref^b``; ``b`` is the objective's ``mixture``
+hyperparameter), ``"previous"`` (the previous iterate pi_t),
 ``"extrapolated"`` (the policy after an extragradient half-step of this same
 objective), ``"uniform"`` (any full-support distribution, uniform in tabular).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
 from jalign.objectives.core import PAIR, SINGLE, Objective, Requirements
+from jalign.objectives.declaration import (  # noqa: F401  (the sources, re-exported for engines)
+    EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, SOURCES, UNIFORM, Sampling,
+)
 from jalign.objectives.metrics import reference_pairwise_metrics
 from jalign.objectives.pairwise import dpo_loss
 from jalign.objectives.registry import objective
 from jalign.objectives.sequence import label, log_ratios, pair_margin, policy_logps, reference_logps
-
-POLICY, REFERENCE, MIXTURE = "policy", "reference", "mixture"
-PREVIOUS, EXTRAPOLATED, UNIFORM = "previous", "extrapolated", "uniform"
-SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Where an online objective's responses and labels come from.
-
-    Attributes:
-      responses: the source of each response slot, e.g. ``("policy", "policy")``.
-      labels: label keys the oracle provides (``"preference"``, ``"win_prob"``,
-        ``"previous_logps"``).
-      opponent: the source ``"win_prob"`` is measured against.
-      reference: the source whose log-probs fill ``LogProbs.reference``
-        (``"reference"``, or ``"previous"`` for SPPO's proximal target).
-      mixture: name of the hyperparameter holding the mixture coefficient
-        ``b`` when a ``"mixture"`` source is used.
-    """
-
-    responses: tuple[str, ...]
-    labels: tuple[str, ...] = ()
-    opponent: str | None = None
-    reference: str = REFERENCE
-    mixture: str = "mixture"
-
-    def __post_init__(self):
-        used = self.responses + ((self.opponent,) if self.opponent else ()) + (self.reference,)
-        unknown = sorted(set(used) - set(SOURCES))
-        if unknown:
-            raise ValueError(f"unknown sampling source(s) {unknown}; valid: {SOURCES}")
-        if "win_prob" in self.labels and self.opponent is None:
-            raise ValueError("a 'win_prob' label needs an opponent source")
-
-    def sources(self) -> tuple[str, ...]:
-        """Every source the declaration uses."""
-        return self.responses + ((self.opponent,) if self.opponent else ()) + (self.reference,)
-
 
 def ipo_regression_loss(margin: Array, target: Array, *, tau) -> Array:
     """IPO's squared regression of a log-ratio margin onto a preference target.
@@ -109,9 +72,11 @@ def _ipo_target(lp: LogProbs) -> Array:
 
 @objective(
     "online_ipo",
+    strength="tau",
     citation="Calandriello et al. 2024, Human Alignment of Large Language Models through "
     "Online Preference Optimisation, online IPO (IPO-MD with beta = 0); loss of Azar et al. 2023, Eq. 17",
     requires=PAIRED_PREFERENCE,
+    sampling=Sampling(responses=(POLICY, POLICY), labels=("preference",)),
 )
 class OnlineIPO(Objective):
     """Online IPO: IPO on pairs sampled from the current policy, labelled by the oracle.
@@ -122,7 +87,6 @@ class OnlineIPO(Objective):
     Needs pairs, reference log-probs and ``labels["preference"]``.
     """
 
-    sampling = Sampling(responses=(POLICY, POLICY), labels=("preference",))
     tau: float = 0.1
 
     def compute(self, lp: LogProbs):
@@ -132,9 +96,11 @@ class OnlineIPO(Objective):
 
 @objective(
     "ipo_md",
+    strength="tau",
     citation="Calandriello et al. 2024, Human Alignment of Large Language Models through "
     "Online Preference Optimisation, IPO-MD (both responses from the geometric mixture)",
     requires=PAIRED_PREFERENCE,
+    sampling=Sampling(responses=(MIXTURE, MIXTURE), labels=("preference",)),
 )
 class IPOMD(Objective):
     """IPO-MD: online IPO with both responses from ``sg(pi)^(1-b) ref^b`` (``b = mixture``).
@@ -142,7 +108,6 @@ class IPOMD(Objective):
     Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO.
     """
 
-    sampling = Sampling(responses=(MIXTURE, MIXTURE), labels=("preference",))
     tau: float = 0.1
     mixture: float = 0.5
 
@@ -160,9 +125,11 @@ def _contrast_loss(obj, lp: LogProbs):
 
 @objective(
     "nash_md",
+    strength="beta",
     citation="Munos et al. 2023, Nash Learning from Human Feedback, Nash-MD; as the online-IPO "
     "loss of Zhou et al. 2025, Extragradient Preference Optimization (EGPO)",
     requires=PAIRED_WIN_PROB,
+    sampling=Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=MIXTURE),
 )
 class NashMD(Objective):
     """Nash-MD as a regression loss: one gradient step is one mirror-descent step.
@@ -180,7 +147,6 @@ class NashMD(Objective):
     mirror descent ("online IPO 1" in the EGPO paper).
     """
 
-    sampling = Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=MIXTURE)
     beta: float = 0.1
     mixture: float = 0.1
 
@@ -190,9 +156,11 @@ class NashMD(Objective):
 
 @objective(
     "egpo",
+    strength="beta",
     citation="Zhou et al. 2025, Extragradient Preference Optimization (EGPO): Beyond Last-Iterate "
     "Convergence for Nash Learning from Human Feedback, online-IPO form of the extragradient update",
     requires=PAIRED_WIN_PROB,
+    sampling=Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=EXTRAPOLATED),
 )
 class EGPO(Objective):
     """EGPO: the Nash-MD regression loss against the extragradient half-step.
@@ -204,7 +172,6 @@ class EGPO(Objective):
     current policy as opponent; the gradient is taken at the current iterate.
     """
 
-    sampling = Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=EXTRAPOLATED)
     beta: float = 0.1
 
     def compute(self, lp: LogProbs):
@@ -213,9 +180,11 @@ class EGPO(Objective):
 
 @objective(
     "nash_md_pg",
+    strength="beta",
     citation="Munos et al. 2023, Nash Learning from Human Feedback, Nash-MD-PG (policy gradient "
     "against the geometric mixture)",
     requires=PAIRED_PREFERENCE,
+    sampling=Sampling(responses=(POLICY, MIXTURE), labels=("preference",)),
 )
 class NashMDPG(Objective):
     """Nash-MD-PG: REINFORCE on the regularised preference against the mixture.
@@ -229,7 +198,6 @@ class NashMDPG(Objective):
     gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``.
     """
 
-    sampling = Sampling(responses=(POLICY, MIXTURE), labels=("preference",))
     beta: float = 0.1
     mixture: float = 0.1
 
@@ -242,9 +210,11 @@ class NashMDPG(Objective):
 
 @objective(
     "sppo",
+    strength="eta",
     citation="Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, "
     "the SPPO loss (squared log-ratio against the previous iterate)",
     requires=Requirements(responses=SINGLE, reference=True, labels=("win_prob",)),
+    sampling=Sampling(responses=(PREVIOUS,), labels=("win_prob",), opponent=PREVIOUS, reference=PREVIOUS),
 )
 class SPPO(Objective):
     """SPPO: regress ``log pi(y)/pi_t(y)`` onto ``eta (P(y ≻ pi_t) - 1/2)``.
@@ -257,7 +227,6 @@ class SPPO(Objective):
     Its minimiser is ``pi ∝ pi_t exp(eta P(. ≻ pi_t))``, a multiplicative-weights step.
     """
 
-    sampling = Sampling(responses=(PREVIOUS,), labels=("win_prob",), opponent=PREVIOUS, reference=PREVIOUS)
     eta: float = 1.0
 
     def compute(self, lp: LogProbs):
@@ -268,9 +237,11 @@ class SPPO(Objective):
 
 @objective(
     "inpo",
+    strength="tau",
     citation="Zhang et al. 2024, Iterative Nash Policy Optimization: Aligning LLMs with General "
     "Preferences via No-Regret Learning, the INPO loss",
     requires=Requirements(responses=PAIR, reference=True, labels=("preference", "previous_logps")),
+    sampling=Sampling(responses=(PREVIOUS, PREVIOUS), labels=("preference", "previous_logps")),
 )
 class INPO(Objective):
     """INPO: online mirror descent on the regularised game as a pairwise IPO-style loss.
@@ -285,7 +256,6 @@ class INPO(Objective):
     ``pi ∝ pi_t^(1 - eta tau) ref^(eta tau) exp(eta P(. ≻ pi_t))``.
     """
 
-    sampling = Sampling(responses=(PREVIOUS, PREVIOUS), labels=("preference", "previous_logps"))
     tau: float = 0.1
     eta: float = 1.0
 
@@ -300,9 +270,11 @@ class INPO(Objective):
 
 @objective(
     "online_dpo",
+    strength="beta",
     citation="Guo et al. 2024, Direct Language Model Alignment from Online AI Feedback; "
     "DPO loss of Rafailov et al. 2023, Eq. 7 with the oracle's preference as a soft label",
     requires=PAIRED_PREFERENCE,
+    sampling=Sampling(responses=(POLICY, POLICY), labels=("preference",)),
 )
 class OnlineDPO(Objective):
     """Online DPO: DPO on on-policy pairs labelled by the oracle.
@@ -314,7 +286,6 @@ class OnlineDPO(Objective):
     DPO's loss (:func:`dpo_loss` with ``label_smoothing = 1 - p``).
     """
 
-    sampling = Sampling(responses=(POLICY, POLICY), labels=("preference",))
     beta: float = 0.1
 
     def compute(self, lp: LogProbs):

@@ -44,6 +44,7 @@ def dpo_loss(margin: Array, *, beta, label_smoothing=0.0) -> Array:
 
 @objective(
     "dpo",
+    strength="beta",
     citation="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7; "
     "label_smoothing > 0 is cDPO (Mitchell 2023, A note on DPO with noisy preferences)",
     requires=PAIRED_WITH_REFERENCE,
@@ -87,6 +88,7 @@ def ipo_loss(margin: Array, *, tau) -> Array:
 
 @objective(
     "ipo",
+    strength="tau",
     citation="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning "
     "from Human Preferences, Eq. 17",
     requires=PAIRED_WITH_REFERENCE,

@@ -60,6 +60,7 @@ def simpo_loss(chosen_logp: Array, rejected_logp: Array, *, beta, gamma) -> Arra
 
 @objective(
     "simpo",
+    strength="beta",
     citation="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, Eq. 6",
     requires=PAIRED_REFERENCE_FREE,
 )
@@ -107,6 +108,7 @@ def cpo_loss(chosen_logp: Array, rejected_logp: Array, *, beta, alpha=1.0) -> Ar
 
 @objective(
     "cpo",
+    strength="beta",
     citation="Xu et al. 2024, Contrastive Preference Optimization, Sec. 3 (L_prefer + L_NLL)",
     requires=PAIRED_REFERENCE_FREE,
 )
@@ -155,6 +157,7 @@ def orpo_loss(chosen_mean_logp: Array, rejected_mean_logp: Array, *, lam) -> Arr
 
 @objective(
     "orpo",
+    strength="lam",
     citation="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, Eqs. 4, 6-7",
     requires=PAIRED_REFERENCE_FREE,
 )
@@ -203,6 +206,7 @@ def asft_loss(chosen_mean_logp: Array, rejected_mean_logp: Array, *, lam) -> Arr
 
 @objective(
     "asft",
+    strength="lam",
     citation="Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood, Sec. 3",
     requires=PAIRED_REFERENCE_FREE,
 )
@@ -251,6 +255,7 @@ def tpo_loss(gold_mean_logp: Array, chosen_logp: Array, rejected_logp: Array, *,
 
 @objective(
     "tpo",
+    strength="beta",
     citation="Saeidi et al. 2024, Triple Preference Optimization: Achieving Better Alignment "
     "using a Single Step Optimization, Eq. 3; responses ordered (gold, chosen, rejected)",
     requires=Requirements(responses=TRIPLE, reference=False),

@@ -1,9 +1,10 @@
 """The objective registry: names, citations, requirements, hyperparameters.
 
-``@objective("dpo", citation=..., requires=...)`` turns a class into a frozen
-pytree dataclass and records it under its name; ``make("dpo", beta=0.1)``
-builds one from configuration and rejects unknown names or hyperparameters
-with an error that lists the valid ones.
+``@objective("dpo", strength="beta", citation=..., requires=..., strength="beta")`` turns a
+class into a frozen pytree dataclass, attaches its declarations and records it
+under its name; ``make("dpo", beta=0.1)`` builds one from configuration and
+rejects unknown names or hyperparameters with an error that lists the valid
+ones.
 """
 
 from __future__ import annotations
@@ -11,19 +12,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jalign.objectives.core import Objective, Requirements, register_pytree
+from jalign.objectives.core import Objective, Requirements, Sampling, register_pytree
 
 _REGISTRY: dict[str, type[Objective]] = {}
 
 
-def objective(name: str, *, citation: str, requires: Requirements):
+def objective(name: str, *, citation: str, requires: Requirements, strength: str | None,
+              sampling: Sampling | None = None):
     """Class decorator: a registered objective named ``name``.
 
     Args:
       name: registry name, a Python identifier (it is also the factory name
         exported from ``jalign.objectives``).
       citation: paper and equation implemented, e.g. ``"Rafailov et al. 2023, Eq. 7"``.
-      requires: what the input batch must hold.
+      requires: what the input batch must hold (for the default
+        hyperparameters; a class whose needs depend on them overrides the
+        ``requires`` property).
+      strength: the field holding the regularisation strength, under the
+        paper's name (``"beta"``, ``"tau"``, ``"eta"``), or ``None`` when the
+        objective has none. Sweeps and tools address it through
+        ``Objective.strength_path``.
+      sampling: for online objectives, where responses and labels come from.
     """
     if not name.isidentifier():
         raise ValueError(f"objective name must be an identifier; got {name!r}")
@@ -32,7 +41,13 @@ def objective(name: str, *, citation: str, requires: Requirements):
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is registered twice ({_REGISTRY[name]} and {cls})")
         cls = register_pytree(cls)
-        cls.name, cls.citation, cls.requires = name, citation, requires
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if strength is not None and strength not in fields:
+            raise ValueError(f"{name}: strength={strength!r} is not a field; fields: {sorted(fields)}")
+        if sampling is not None and "mixture" in sampling.sources() and sampling.mixture not in fields:
+            raise ValueError(f"{name}: sampling mixture {sampling.mixture!r} is not a field")
+        cls.name, cls.citation = name, citation
+        cls.declared_requires, cls.declared_sampling, cls.strength_field = requires, sampling, strength
         _REGISTRY[name] = cls
         return cls
 

@@ -51,6 +51,7 @@ def rdpo_loss(margin: Array, *, beta, epsilon=0.1) -> Array:
 
 @objective(
     "rdpo",
+    strength="beta",
     citation="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with Noisy "
     "Feedback, Sec. 3 (de-biased loss)",
     requires=Requirements(responses=PAIR, reference=True),
@@ -149,6 +150,7 @@ def lcpo_loss(loss: Array, flipped_loss: Array, *, noise_rate) -> Array:
 
 @objective(
     "lcpo",
+    strength=None,
     citation="Cao et al. 2025, Latent Collective Preference Optimization: A General Framework for "
     "Robust LLM Alignment (arXiv 2509.24159), Sec. 3: EM over label correctness",
     requires=Requirements(responses=PAIR, reference=True),
@@ -166,17 +168,30 @@ class LCPO(Objective):
     be run as one LCPO per annotator group. ``noise_rate = 0`` is the inner
     objective exactly.
 
-    Requirements are the inner objective's (the class-level ones describe the
-    default inner, DPO); metrics are the inner's on the observed labels plus
+    Requirements, sampling and strength are the inner objective's (it must be
+    pairwise); metrics are the inner's on the observed labels plus
     ``correct_prob`` and ``noise_rate_update``.
     """
 
     inner: Objective = dataclasses.field(default_factory=DPO)
     noise_rate: float = 0.1
 
-    def per_example(self, lp: LogProbs):
-        Requirements(responses=PAIR, reference=False).check(lp, self.name)
-        return self.compute(lp)
+    @property
+    def requires(self) -> Requirements:
+        return self.inner.requires.union(Requirements(responses=PAIR, reference=False), where=self.name)
+
+    @property
+    def sampling(self):
+        return self.inner.sampling
+
+    @property
+    def strength_path(self) -> str | None:
+        inner = self.inner.strength_path
+        return None if inner is None else f"inner.{inner}"
+
+    @property
+    def strength(self):
+        return self.inner.strength
 
     def compute(self, lp: LogProbs):
         loss, metrics = self.inner.per_example(lp)

@@ -10,6 +10,7 @@ from jalign.objectives.sequence import policy_logps
 
 @objective(
     "sft",
+    strength=None,
     citation="Negative log-likelihood of the chosen response; as the alpha-weighted NLL "
     "term of RPO (Pang et al. 2024, Iterative Reasoning Preference Optimization, Sec. 2): "
     "rpo = dpo(...) + alpha * sft()",

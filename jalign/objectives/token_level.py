@@ -73,6 +73,7 @@ def _tdpo_metrics(lp: LogProbs, beta, kl_chosen: Array, kl_rejected: Array) -> d
 
 @objective(
     "tdpo1",
+    strength="beta",
     citation="Zeng et al. 2024, Token-level Direct Preference Optimization, Sec. 4 (TDPO1 loss)",
     requires=Requirements(**_PAIRED, extras=("ref_kl",)),
 )
@@ -100,6 +101,7 @@ class TDPO1(Objective):
 
 @objective(
     "tdpo2",
+    strength="beta",
     citation="Zeng et al. 2024, Token-level Direct Preference Optimization, Sec. 4 (TDPO2 loss)",
     requires=Requirements(**_PAIRED, extras=("ref_kl",)),
 )
@@ -156,6 +158,7 @@ _SPARSEPO_MASK_EXTRA = {"learned": "token_mask_logits", "reference": "reference_
 
 @objective(
     "sparsepo",
+    strength="beta",
     citation="Christopoulou et al. 2024, SparsePO: Controlling Preference Alignment of LLMs via "
     "Sparse Token Masks, Sec. 2 (common mask on reward and KL)",
     requires=Requirements(**_PAIRED, extras=("ref_kl", "token_mask_logits")),
@@ -171,8 +174,7 @@ class SparsePO(Objective):
     - ``"reference"``: ``m = extras["reference_token_mask"]``, the paper's
       reference-model activation-based mask, a constant (see module docstring).
 
-    The class-level requirements describe the default; ``per_example`` checks
-    the extra that the chosen ``mask`` needs. The same mask weights rewards and
+    ``requires`` names exactly the extra the chosen ``mask`` needs. The same mask weights rewards and
     KL ("common" masks); the paper's independent masks would need a second
     mask head and are not implemented. With a mask of ones it is TDPO1.
     Metrics add ``mask/density``: the mean mask value over response tokens.
@@ -181,11 +183,13 @@ class SparsePO(Objective):
     beta: float = 0.1
     mask: str = static_field("learned")
 
-    def per_example(self, lp: LogProbs):
+    def __post_init__(self):
         if self.mask not in _SPARSEPO_MASK_EXTRA:
             raise ValueError(f"sparsepo: mask must be one of {sorted(_SPARSEPO_MASK_EXTRA)}; got {self.mask!r}")
-        Requirements(**_PAIRED, extras=("ref_kl", _SPARSEPO_MASK_EXTRA[self.mask])).check(lp, self.name)
-        return self.compute(lp)
+
+    @property
+    def requires(self) -> Requirements:
+        return Requirements(**_PAIRED, extras=("ref_kl", _SPARSEPO_MASK_EXTRA[self.mask]))
 
     def compute(self, lp: LogProbs):
         raw = extra(lp, _SPARSEPO_MASK_EXTRA[self.mask])
@@ -230,6 +234,7 @@ def tgdpo_loss(token_ratios: Array, token_reward: Array, lp: LogProbs, *, beta, 
 
 @objective(
     "tgdpo",
+    strength="beta",
     citation="Zhu et al. 2025, TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct "
     "Preference Optimization, Sec. 4 (practical loss)",
     requires=Requirements(**_PAIRED, labels=("token_reward",)),

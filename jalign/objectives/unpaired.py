@@ -85,6 +85,7 @@ def kto_loss(log_ratio: Array, desirable: Array, reference_point: Array, *,
 
 @objective(
     "kto",
+    strength="beta",
     citation="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, "
     "Eq. 8; z0 from mismatched pairs as in Sec. 4.1",
     requires=Requirements(responses=SINGLE, reference=True, labels=("desirable", "kl_estimate")),
@@ -153,6 +154,7 @@ def bco_loss(log_ratio: Array, desirable: Array, *, beta, delta=0.0) -> Array:
 
 @objective(
     "bco",
+    strength="beta",
     citation="Jung et al. 2024, Binary Classifier Optimization for Large Language Model "
     "Alignment, Sec. 3 (BCO loss with reward shift)",
     requires=UNPAIRED_WITH_REFERENCE,
@@ -213,6 +215,7 @@ def bco_pair_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, *, beta, d
 
 @objective(
     "bco_pair",
+    strength="beta",
     citation="Jung et al. 2024, Binary Classifier Optimization for Large Language Model "
     "Alignment, Sec. 3, on paired data (chosen positive, rejected negative)",
     requires=Requirements(responses=PAIR, reference=True),
@@ -260,6 +263,7 @@ def npo_loss(log_ratio: Array, *, beta) -> Array:
 
 @objective(
     "npo",
+    strength="beta",
     citation="Zhang et al. 2024, Negative Preference Optimization: Towards Catastrophic "
     "Collapse to Effective Unlearning, Sec. 3 (NPO loss)",
     requires=Requirements(responses=SINGLE, reference=True),

@@ -71,6 +71,7 @@ def dpop_loss(chosen_ratio: Array, rejected_ratio: Array, *, beta, lam) -> Array
 
 @objective(
     "dpop",
+    strength="beta",
     citation="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation "
     "with DPO-Positive, Eq. 3",
     requires=Requirements(responses=PAIR, reference=True),
@@ -124,6 +125,7 @@ def wpo_loss(margin: Array, log_weights: Array, *, beta, max_weight=float("inf")
 
 @objective(
     "wpo",
+    strength="beta",
     citation="Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, "
     "Eq. 2 (sampled-alignment weight); max_weight=1 reproduces TRL's capped weights",
     requires=Requirements(responses=PAIR, reference=True, extras=(LOG_PROB_SQ_SUM,)),
@@ -164,6 +166,7 @@ def ld_token_weights(lp: LogProbs, alpha) -> Array:
 
 @objective(
     "ld_dpo",
+    strength="beta",
     citation="Liu et al. 2024, Length Desensitization in Direct Preference Optimization, "
     "Sec. 4 (likelihood decomposed at the public length, weight alpha on the excess)",
     requires=Requirements(responses=PAIR, reference=True),
@@ -244,6 +247,7 @@ def madpo_loss(margin: Array, rm_margin: Array, *, beta, c_max=2.0, c_min=0.5, l
 
 @objective(
     "madpo",
+    strength="beta",
     citation="Rho 2025, Margin Adaptive DPO: Leveraging Reward Model for Granular Control "
     "in Preference Optimization, Sec. 3 (weight as in the authors' MADPOLoss); margins from labels['score']",
     requires=Requirements(responses=PAIR, reference=True, labels=("score",)),
@@ -296,6 +300,7 @@ def soft_dpo_loss(margin: Array, preference: Array, *, beta) -> Array:
 
 @objective(
     "soft_dpo",
+    strength="beta",
     citation="Zhai et al. 2024, Online Self-Preferring Language Models (soft-preference "
     "cross-entropy on the DPO implicit reward)",
     requires=Requirements(responses=PAIR, reference=True, labels=("preference",)),
@@ -341,6 +346,7 @@ def irepo_loss(margin: Array, preference: Array, *, beta, eps=1e-3) -> Array:
 
 @objective(
     "irepo",
+    strength="beta",
     citation="Le et al. 2024, iREPO: implicit Reward Pairwise Difference based Empirical "
     "Preference Optimization (squared regression of beta*h on the empirical preference logit)",
     requires=Requirements(responses=PAIR, reference=True, labels=("preference",)),
@@ -389,6 +395,7 @@ def modpo_loss(margin: Array, other_margins: Array, *, beta, weights) -> Array:
 
 @objective(
     "modpo",
+    strength="beta",
     citation="Zhou et al. 2024, Beyond One-Preference-Fits-All Alignment: Multi-Objective "
     "Direct Preference Optimization, Sec. 3 (MODPO loss)",
     requires=Requirements(responses=PAIR, reference=True, labels=("other_rewards",)),

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from jalign.objectives import LogProbs, Objective
-from jalign.objectives.online import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM, Sampling
+from jalign.objectives.declaration import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM, Sampling
 from jalign.tabular import feeding
 from jalign.tabular.games import Game, win_probs
 from jalign.tabular.policies import Array, geometric_mixture, log_policy, uniform
@@ -48,7 +48,7 @@ class Policies(NamedTuple):
 
 def sampling_of(objective: Objective) -> Sampling | None:
     """The objective's sampling declaration, or ``None`` for offline objectives."""
-    return getattr(objective, "sampling", None)
+    return objective.sampling
 
 
 def source_logps(source: str, objective: Objective, game: Game, policies: Policies) -> Array:
@@ -59,7 +59,7 @@ def source_logps(source: str, objective: Objective, game: Game, policies: Polici
     if source == REFERENCE:
         return game.log_ref
     if source == MIXTURE:
-        return geometric_mixture(current, game.log_ref, getattr(objective, sampling_of(objective).mixture))
+        return geometric_mixture(current, game.log_ref, sampling_of(objective).mixture)
     if source == PREVIOUS:
         return jax.lax.stop_gradient(policies.previous)
     if source == EXTRAPOLATED:

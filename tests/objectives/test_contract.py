@@ -55,7 +55,7 @@ def test_ipo_matches_hand_formula():
 
 def test_composed_gradient_is_sum_of_parts():
     """grad(a + w * b) == grad(a) + w * grad(b), each part differentiated alone."""
-    lp = batch_for(dpo.requires, seed=1)
+    lp = batch_for(dpo().requires, seed=1)
     a, b, w = dpo(beta=0.2), sft(), 0.7
     combined = grads(a + w * b, lp)
     separate = jax.tree.map(lambda ga, gb: ga + w * gb, grads(a, lp), grads(b, lp))
@@ -64,7 +64,7 @@ def test_composed_gradient_is_sum_of_parts():
 
 def test_composed_metrics_are_namespaced_and_numbered():
     """Metrics of a sum carry each term's name; repeated names are numbered."""
-    lp = batch_for(dpo.requires)
+    lp = batch_for(dpo().requires)
     loss, metrics = (dpo(beta=0.1) + dpo(beta=0.5) + 0.2 * sft())(lp)
     assert {"dpo/loss", "dpo_1/loss", "sft/loss", "dpo/rewards/margin", "dpo_1/rewards/margin"} <= set(metrics)
     parts = metrics["dpo/loss"] + metrics["dpo_1/loss"] + metrics["sft/loss"]
@@ -74,7 +74,7 @@ def test_composed_metrics_are_namespaced_and_numbered():
 
 def test_no_gradient_reaches_reference():
     """The reference is a constant: its cotangent is exactly zero."""
-    lp = batch_for(dpo.requires, seed=2)
+    lp = batch_for(dpo().requires, seed=2)
     g = grads(dpo(beta=0.5) + ipo(tau=0.3), lp)
     assert np.all(np.asarray(g.reference) == 0.0)
     assert np.any(np.asarray(g.policy) != 0.0)
@@ -82,7 +82,7 @@ def test_no_gradient_reaches_reference():
 
 def test_hyperparameters_vmap_and_jit_without_retracing():
     """A grid over beta is one vmap; new beta values reuse the compiled program."""
-    lp = batch_for(dpo.requires, seed=3)
+    lp = batch_for(dpo().requires, seed=3)
     betas = jnp.array([0.01, 0.1, 1.0])
     grid = jax.vmap(lambda b: dpo(beta=b)(lp)[0])(betas)
     looped = [dpo(beta=float(b))(lp)[0] for b in betas]
@@ -99,7 +99,7 @@ def test_hyperparameters_vmap_and_jit_without_retracing():
 
 def test_example_weight_gives_weighted_mean():
     """labels['example_weight'] weights the batch mean; a zero weight removes a row."""
-    lp = batch_for(dpo.requires, seed=4, batch=3)
+    lp = batch_for(dpo().requires, seed=4, batch=3)
     per_example, _ = dpo().per_example(lp)
     weighted = lp.replace(labels={"example_weight": jnp.array([1.0, 0.0, 3.0])})
     expected = (per_example[0] + 3 * per_example[2]) / 4
@@ -107,7 +107,7 @@ def test_example_weight_gives_weighted_mean():
 
 
 def test_requirement_errors_name_the_objective_and_input():
-    lp = batch_for(dpo.requires)
+    lp = batch_for(dpo().requires)
     with pytest.raises(ValueError, match=r"dpo: needs reference"):
         dpo()(lp.replace(reference=None))
     three = LogProbs(policy=jnp.zeros((2, 3, 1)), mask=jnp.ones((2, 3, 1)), reference=jnp.zeros((2, 3, 1)))

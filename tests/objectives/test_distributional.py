@@ -175,7 +175,7 @@ def _all_losses(beta, batch):
 
 def test_jit_vmap_over_beta_and_no_reference_gradient():
     """Jit equals eager; a vmapped beta grid equals one jitted call per value; d/d reference = 0."""
-    lp = batch_for(DPO.requires, seed=31, batch=6, log_ratio_scale=5.0)
+    lp = batch_for(DPO().requires, seed=31, batch=6, log_ratio_scale=5.0)
     lp = lp.replace(labels={"score": jnp.tile(SCORES, (6, 1))})
     assert_grid_matches_loop(_all_losses, (jnp.array([0.02, 0.1, 1.0]),), lp)
     assert_gradient_reaches_policy_only(lambda batch: _all_losses(0.1, batch).sum(), lp)

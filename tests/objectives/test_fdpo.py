@@ -61,7 +61,7 @@ def test_fdpo_matches_numpy_f_prime(divergence, beta):
 @pytest.mark.parametrize("beta", [0.05, 0.5])
 def test_reverse_kl_fdpo_equals_dpo(beta, average):
     """f(u) = u log u gives f'(u) = log u + 1: the constant cancels and f-DPO is DPO."""
-    lp = batch_for(DPO.requires, seed=11, log_ratio_scale=20.0)
+    lp = batch_for(DPO().requires, seed=11, log_ratio_scale=20.0)
     fdpo, _ = make("fdpo", beta=beta, divergence="reverse_kl", average=average).per_example(lp)
     dpo, _ = DPO(beta=beta, average=average).per_example(lp)
     np.testing.assert_allclose(fdpo, dpo, rtol=1e-6)
@@ -69,7 +69,7 @@ def test_reverse_kl_fdpo_equals_dpo(beta, average):
 
 def test_alpha_family_limits():
     """alpha = 1 is forward KL exactly (f' = 1 - 1/u); alpha -> 0 tends to reverse KL."""
-    lp = batch_for(DPO.requires, seed=12, log_ratio_scale=3.0)
+    lp = batch_for(DPO().requires, seed=12, log_ratio_scale=3.0)
     forward, _ = FDPO(divergence="forward_kl").per_example(lp)
     alpha_one, _ = FDPO(divergence="alpha", alpha=1.0).per_example(lp)
     np.testing.assert_allclose(alpha_one, forward, rtol=1e-6)
@@ -104,7 +104,7 @@ def test_gradient_direction_survives_overflowing_ratios(divergence):
 
 def test_jit_vmap_over_beta_and_alpha_and_no_reference_gradient():
     """A vmapped (beta, alpha) grid equals one jitted call per point; d/d reference = 0."""
-    lp = batch_for(DPO.requires, seed=13, log_ratio_scale=6.0)
+    lp = batch_for(DPO().requires, seed=13, log_ratio_scale=6.0)
 
     def loss(beta, alpha, batch):
         return FDPO(beta=beta, alpha=alpha, divergence="alpha")(batch)[0]

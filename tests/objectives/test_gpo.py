@@ -66,7 +66,7 @@ def test_gpo_matches_numpy_table(name, beta):
 @pytest.mark.parametrize("beta", [0.05, 0.5, 2.0])
 def test_gpo_logistic_equals_dpo(beta, average):
     """log(1 + exp(-beta h)) is DPO's -log sigmoid(beta h), per example."""
-    lp = batch_for(DPO.requires, seed=3, log_ratio_scale=8.0)
+    lp = batch_for(DPO().requires, seed=3, log_ratio_scale=8.0)
     gpo, _ = make("gpo_logistic", beta=beta, average=average).per_example(lp)
     dpo, _ = DPO(beta=beta, average=average).per_example(lp)
     np.testing.assert_allclose(gpo, dpo, rtol=1e-6)
@@ -75,7 +75,7 @@ def test_gpo_logistic_equals_dpo(beta, average):
 @pytest.mark.parametrize("tau", [0.05, 0.1, 1.0])
 def test_gpo_squared_is_four_tau_squared_ipo(tau):
     """(beta h - 1)^2 = beta^2 (h - 1/beta)^2; at beta = 2 tau this is 4 tau^2 (h - 1/(2 tau))^2."""
-    lp = batch_for(IPO.requires, seed=4, log_ratio_scale=5.0)
+    lp = batch_for(IPO().requires, seed=4, log_ratio_scale=5.0)
     gpo, _ = make("gpo_squared", beta=2.0 * tau).per_example(lp)
     ipo, _ = IPO(tau=tau).per_example(lp)
     np.testing.assert_allclose(gpo, 4.0 * tau**2 * ipo, rtol=1e-5)
@@ -84,7 +84,7 @@ def test_gpo_squared_is_four_tau_squared_ipo(tau):
 @pytest.mark.parametrize("beta", [0.1, 0.5, 3.0])
 def test_gpo_hinge_is_beta_times_slic(beta):
     """max(0, 1 - beta h) = beta * max(0, 1/beta - h): gpo_hinge(beta) == beta * slic(delta = 1/beta)."""
-    lp = batch_for(DPO.requires, seed=5, log_ratio_scale=10.0)
+    lp = batch_for(DPO().requires, seed=5, log_ratio_scale=10.0)
     gpo, _ = make("gpo_hinge", beta=beta).per_example(lp)
     slic, _ = make("slic", delta=1.0 / beta).per_example(lp)
     np.testing.assert_allclose(gpo, beta * slic, rtol=1e-5, atol=1e-6)
@@ -110,7 +110,7 @@ def _all_losses(value, batch):
 
 def test_jit_vmap_over_hyperparameter_and_no_reference_gradient():
     """Jit equals eager; a vmapped grid (beta, or SLiC's delta) equals one call per value; d/d ref = 0."""
-    lp = batch_for(DPO.requires, seed=6, log_ratio_scale=4.0)
+    lp = batch_for(DPO().requires, seed=6, log_ratio_scale=4.0)
     assert_grid_matches_loop(_all_losses, (jnp.array([0.05, 0.3, 1.5]),), lp)
     assert_gradient_reaches_policy_only(lambda batch: _all_losses(0.3, batch).sum(), lp)
 

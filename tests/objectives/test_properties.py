@@ -40,7 +40,7 @@ def _assert_finite(name, lp):
 @given(scale=st.one_of(st.floats(0.0, 50.0), st.sampled_from([1e2, 1e3, 1e4])), seed=st.integers(0, 2**20))
 def test_finite_loss_and_gradients_for_extreme_log_ratios(name, scale, seed):
     """Log-ratios from 0 to 1e4 in both directions keep loss and gradients finite."""
-    _assert_finite(name, batch_for(registered()[name].requires, seed=seed, log_ratio_scale=scale))
+    _assert_finite(name, batch_for(registered()[name]().requires, seed=seed, log_ratio_scale=scale))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,12 +48,12 @@ def test_finite_loss_and_gradients_for_extreme_log_ratios(name, scale, seed):
 @given(scale=st.sampled_from([0.5, 20.0, 1e4]), seed=st.integers(0, 2**20))
 def test_bf16_inputs_give_finite_float32_loss(name, scale, seed):
     """bf16 log-probs are accumulated in float32: finite loss and gradients."""
-    lp = batch_for(registered()[name].requires, seed=seed, log_ratio_scale=scale, dtype=jnp.bfloat16)
+    lp = batch_for(registered()[name]().requires, seed=seed, log_ratio_scale=scale, dtype=jnp.bfloat16)
     _assert_finite(name, lp)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if registered()[n].requires.reference])
+@pytest.mark.parametrize("name", [n for n in NAMES if registered()[n]().requires.reference])
 def test_no_gradient_reaches_reference_log_probs(name):
     """Reference log-probs are constants: their gradient is exactly zero."""
-    grad = _assert_finite(name, batch_for(registered()[name].requires, seed=7, log_ratio_scale=3.0))
+    grad = _assert_finite(name, batch_for(registered()[name]().requires, seed=7, log_ratio_scale=3.0))
     assert np.all(np.asarray(grad.reference) == 0.0), name

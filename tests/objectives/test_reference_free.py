@@ -179,4 +179,4 @@ def test_registered_names_and_requirements():
     """Importing the module registers every objective as reference-free."""
     names = {cls.name: cls for cls, _ in ((type(o), r) for o, r in ALL)}
     assert set(names) == {"simpo", "cpo", "orpo", "asft", "tpo"}
-    assert not any(cls.requires.reference for cls in names.values())
+    assert not any(cls().requires.reference for cls in names.values())

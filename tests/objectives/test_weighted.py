@@ -272,5 +272,5 @@ def test_registered_names_and_requirements():
     """Importing the module registers every objective with the batch it needs."""
     names = {cls.name: cls for cls in (DPOP, WPO, LDDPO, MADPO, SoftDPO, IREPO, MODPO)}
     assert set(names) == {"dpop", "wpo", "ld_dpo", "madpo", "soft_dpo", "irepo", "modpo"}
-    assert weighted.WPO.requires.extras == ("log_prob_sq_sum",)
-    assert all(cls.requires.reference and cls.requires.responses == "pair" for cls in names.values())
+    assert weighted.WPO().requires.extras == ("log_prob_sq_sum",)
+    assert all(cls().requires.reference and cls().requires.responses == "pair" for cls in names.values())

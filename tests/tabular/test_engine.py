@@ -157,8 +157,8 @@ def test_offline_objective_without_data_is_an_error(game):
 
 
 def _engine_can_feed_offline(cls):
-    requires = cls.requires
-    return (tb.sampling_of(cls) is None and requires.responses in ("pair", "any") and not requires.extras
+    requires = cls().requires
+    return (tb.sampling_of(cls()) is None and requires.responses in ("pair", "any") and not requires.extras
             and set(requires.labels) <= {"preference"})
 
 

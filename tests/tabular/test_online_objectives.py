@@ -13,7 +13,7 @@ from jax.test_util import check_grads
 
 from jalign.objectives import from_sequences, make
 from jalign.objectives import online  # noqa: F401  (registers the online objectives)
-from jalign.objectives.online import Sampling
+from jalign.objectives.declaration import Sampling
 
 
 POLICY = np.array([[-1.0, -2.0], [-0.5, -0.7], [-3.0, -0.2]], np.float32)

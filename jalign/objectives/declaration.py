@@ -1,0 +1,154 @@
+"""What an objective declares it needs: its batch (`Requirements`) and, if online, its sampling.
+
+Declarations are values on objective *instances* and compose: a sum of
+objectives needs the union of its terms' requirements, a weighted term needs
+what its inner objective needs, and a wrapper adds its own needs to its
+inner's. Two engines read them: ``jalign.tabular`` (exact expectations or
+samples) and the LLM trainer's provider (``jalign.train.provider``), which
+refuses, before compiling, anything it cannot supply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# The shape of the response axis a batch must have.
+PAIR = "pair"  # G == 2, chosen first
+SINGLE = "single"  # G == 1
+TRIPLE = "triple"  # G == 3: (gold, chosen, rejected)
+LIST = "list"  # G >= 2
+ANY = "any"  # any G
+
+_DESCRIPTIONS = {PAIR: "paired", SINGLE: "unpaired", TRIPLE: "triples", LIST: "listwise", ANY: "any G"}
+
+
+def _join_responses(a: str, b: str, where: str) -> str:
+    """The response shape that satisfies both ``a`` and ``b``."""
+    if a == b or b == ANY:
+        return a
+    if a == ANY:
+        return b
+    if LIST in (a, b) and {a, b} & {PAIR, TRIPLE}:
+        return (set((a, b)) - {LIST}).pop()  # a pair (or triple) is a list with G >= 2
+    raise ValueError(f"{where}: terms need incompatible batches: responses={a!r} and responses={b!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    """What an objective needs from its input batch.
+
+    Attributes:
+      responses: one of ``"pair"``, ``"single"``, ``"triple"``, ``"list"``, ``"any"``.
+      reference: whether reference log-probs are needed.
+      labels: label keys needed (see ``batch.py``).
+      extras: per-token extras needed (see ``batch.py``).
+    """
+
+    responses: str = PAIR
+    reference: bool = True
+    labels: tuple[str, ...] = ()
+    extras: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.responses not in _DESCRIPTIONS:
+            raise ValueError(f"responses must be one of {sorted(_DESCRIPTIONS)}; got {self.responses!r}")
+
+    def union(self, other: "Requirements", where: str = "objective") -> "Requirements":
+        """Everything either declaration needs; raises if their response shapes conflict."""
+        return Requirements(
+            responses=_join_responses(self.responses, other.responses, where),
+            reference=self.reference or other.reference,
+            labels=tuple(sorted(set(self.labels) | set(other.labels))),
+            extras=tuple(sorted(set(self.extras) | set(other.extras))))
+
+    def check(self, lp, name: str) -> None:
+        """Raises ``ValueError`` naming the objective and the missing input of batch ``lp``."""
+        g = lp.policy.shape[1] if lp.policy.ndim == 3 else None
+        if lp.policy.ndim != 3 or lp.mask.shape != lp.policy.shape:
+            raise ValueError(
+                f"{name}: policy and mask must both be [B, G, T]; got "
+                f"{lp.policy.shape=} {lp.mask.shape=}")
+        wrong_g = {PAIR: g != 2, SINGLE: g != 1, TRIPLE: g != 3, LIST: g < 2}.get(self.responses, False)
+        if wrong_g:
+            raise ValueError(f"{name}: needs responses={self.responses!r}; batch has G={g}")
+        if self.reference and lp.reference is None:
+            raise ValueError(f"{name}: needs reference log-probs; batch has reference=None")
+        if self.reference and lp.reference.shape != lp.policy.shape:
+            raise ValueError(f"{name}: reference shape {lp.reference.shape} != policy {lp.policy.shape}")
+        for key in self.labels:
+            if key not in lp.labels:
+                raise ValueError(f"{name}: needs labels[{key!r}]; batch has labels {sorted(lp.labels)}")
+        for key in self.extras:
+            if key not in lp.extras:
+                raise ValueError(f"{name}: needs extras[{key!r}]; batch has extras {sorted(lp.extras)}")
+
+    def describe(self) -> str:
+        parts = [_DESCRIPTIONS[self.responses], "reference" if self.reference else "reference-free"]
+        parts += [f"labels[{k}]" for k in self.labels]
+        parts += [f"extras[{k}]" for k in self.extras]
+        return ", ".join(parts)
+
+
+# Sampling sources (strings, so declarations read plainly).
+POLICY = "policy"  # the current policy, without gradient
+REFERENCE = "reference"
+MIXTURE = "mixture"  # the token-level geometric mixture pi^(1-b) ref^b
+PREVIOUS = "previous"  # a frozen previous iterate pi_t
+EXTRAPOLATED = "extrapolated"  # the policy after an extragradient half-step of the same objective
+UNIFORM = "uniform"  # any full-support distribution (uniform in tabular)
+SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Where an online objective's responses and labels come from.
+
+    Attributes:
+      responses: the source of each response slot, e.g. ``("policy", "policy")``.
+      labels: label keys the oracle provides (``"preference"``, ``"win_prob"``,
+        ``"previous_logps"``).
+      opponent: the source ``"win_prob"`` is measured against.
+      reference: the source whose log-probs fill ``LogProbs.reference``
+        (``"reference"``, or ``"previous"`` for SPPO's proximal target).
+      mixture: the mixture coefficient ``b`` of a ``"mixture"`` source. On a
+        declaration attached to a class this is the *name* of the
+        hyperparameter holding it; an instance's ``sampling`` property
+        resolves it to the value (``None`` when no source is a mixture).
+    """
+
+    responses: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    opponent: str | None = None
+    reference: str = REFERENCE
+    mixture: object = "mixture"
+
+    def __post_init__(self):
+        unknown = sorted(set(self.sources()) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown sampling source(s) {unknown}; valid: {SOURCES}")
+        if "win_prob" in self.labels and self.opponent is None:
+            raise ValueError("a 'win_prob' label needs an opponent source")
+
+    def sources(self) -> tuple[str, ...]:
+        """Every source the declaration uses."""
+        return self.responses + ((self.opponent,) if self.opponent else ()) + (self.reference,)
+
+    def model_sources(self) -> tuple[str, ...]:
+        """The models that responses, win rates or the reference slot are drawn from or scored by.
+
+        Each one needs generation (or scoring) in the loop: a fixed offline
+        dataset cannot stand in for it.
+        """
+        drawn = self.responses + ((self.opponent,) if self.opponent else ())
+        scored = () if self.reference == REFERENCE else (self.reference,)
+        return tuple(dict.fromkeys(s for s in drawn + scored if s != UNIFORM))
+
+    def describe(self) -> str:
+        parts = [f"responses from {' and '.join(self.responses)}"]
+        if self.opponent:
+            parts.append(f"win rates against {self.opponent}")
+        if self.labels:
+            parts.append("judge labels " + ", ".join(self.labels))
+        if self.reference != REFERENCE:
+            parts.append(f"reference slot = {self.reference}")
+        return "; ".join(parts)
