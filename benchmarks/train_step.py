@@ -27,7 +27,8 @@ from flax import nnx
 from jalign.models import Decoder, ModelConfig
 from jalign.objectives import dpo
 from jalign.sharding import MeshConfig, make_mesh
-from jalign.train.step import TrainState, jit_step, make_step
+from jalign.train.provider import Plan
+from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
 
 def _batch(args) -> dict:
@@ -46,12 +47,12 @@ def measure(args, impl: str) -> dict:
                       num_heads=args.hidden // 64, num_kv_heads=max(args.hidden // 128, 1), head_dim=64,
                       mlp_dim=args.hidden * 4, dtype=args.dtype, param_dtype=args.dtype)
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = jax.tree.map(jnp.copy, params)
+    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
     tx = optax.adamw(1e-4)
     batch, objective = _batch(args), dpo(beta=0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
-    step = make_step(graphdef, rest, tx, impl=impl)
-    jitted, sharding = jit_step(step, make_mesh(MeshConfig(), jax.devices()[:1]), state, reference, batch,
+    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl=impl)
+    jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig(), jax.devices()[:1]), state, reference, batch,
                                 objective, tx)
     memory = jitted.lower(state, reference, batch, objective).compile().memory_analysis()
     peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -45,7 +45,7 @@ def _batch(margin: jax.Array, requires) -> LogProbs:
     reference = jnp.full((1, groups, 1), BASE_LOG_PROB)
     policy = reference + shift.reshape(1, groups, 1)
     labels["other_rewards"] = jnp.zeros((1, groups, 2))
-    labels["token_reward"] = jnp.zeros((1, groups, 1))
+    labels["guide_log_ratio"] = jnp.zeros((1, groups, 1))
     labels["kl_estimate"] = jnp.zeros((1,))
     labels["win_prob"] = jnp.array([[0.75, 0.25]])[:, :groups]  # the chosen usually beats the opponent
     labels["previous_logps"] = reference[..., 0]  # the previous iterate is the reference

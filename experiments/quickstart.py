@@ -42,7 +42,7 @@ from jalign.models.sampling import SamplingConfig, generate
 from jalign.models.tokenizer import load_tokenizer, train_tiny_tokenizer
 from jalign.objectives import dpo, sft
 from jalign.train.config import DataSection, Experiment, ModelSection, TrainSection
-from jalign.train.logprobs import batch_logprobs
+from jalign.models.scoring import score
 from jalign.train.loop import final_policy, train
 from jalign.train.optim import OptimizerConfig
 
@@ -105,8 +105,9 @@ def _sample(policy, tokenizer, prompts: list[str], key) -> tuple[list[str], dict
 
 @nnx.jit
 def _sequence_log_ratios(policy, reference, batch):
-    lp = batch_logprobs(policy, reference, batch, impl="chunked")
-    return jnp.sum((lp.policy - lp.reference) * lp.mask, axis=-1)[:, 0]
+    own, mask = score(policy, batch, impl="chunked")
+    ref, _ = score(reference, batch, impl="chunked")
+    return jnp.sum((own - ref) * mask, axis=-1)[:, 0]
 
 
 def evaluate(policy, reference, tokenizer, prompts: list[str], key) -> dict:

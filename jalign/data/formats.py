@@ -14,6 +14,13 @@ type of its responses:
   ``"score"`` ``[G]``. Duplicate responses are allowed (best-of-N samples).
 - ``"unpaired"``: ``{"prompt", "completion", "label": bool}`` (TRL's unpaired
   preference format, thumbs up/down). ``G = 1``; label ``"desirable"`` ``[1]``.
+
+Further labels are read from record fields when an objective declares them
+(:data:`LABEL_FIELDS`): paired records' ``score_chosen`` / ``score_rejected``
+(UltraFeedback's columns) give ``"score"`` ``[2]`` (MADPO's reward-model
+margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
+``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
+``[2, K]`` (MODPO's other reward models).
 """
 
 from __future__ import annotations
@@ -27,6 +34,18 @@ import numpy as np
 from jalign.data.validation import Malformed
 
 KINDS = ("paired", "ranked", "unpaired")
+
+# (kind, label) -> the record fields it is read from, one per response.
+LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("paired", "score"): ("score_chosen", "score_rejected"),
+    ("paired", "other_rewards"): ("other_rewards_chosen", "other_rewards_rejected"),
+}
+_INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",)}
+
+
+def intrinsic_labels(kind: str) -> tuple[str, ...]:
+    """The labels every record of ``kind`` carries."""
+    return _INTRINSIC_LABELS[kind]
 
 Messages = list[dict[str, str]]
 Text = str | Messages
@@ -81,38 +100,46 @@ class RecordFormat:
       implicit_prompt: paired records without a ``prompt`` field.
       preference_field: paired records' soft-preference field, or ``None``.
       num_responses: ``G`` for ranked lists; ``None`` accepts any ``G >= 2``.
+      labels: further labels to read from the fields :data:`LABEL_FIELDS` names.
     """
 
     kind: str
     implicit_prompt: bool = False
     preference_field: str | None = None
     num_responses: int | None = None
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}")
+        unknown = [key for key in self.labels if (self.kind, key) not in LABEL_FIELDS]
+        if unknown:
+            readable = sorted(key for kind, key in LABEL_FIELDS if kind == self.kind)
+            raise ValueError(f"{self.kind} records have no fields for labels {unknown}; readable: {readable}")
 
     @classmethod
     def for_columns(cls, columns: Sequence[str], *, kind: str | None = None,
                     preference_field: str | None = None,
-                    num_responses: int | None = None) -> "RecordFormat":
+                    num_responses: int | None = None,
+                    labels: Sequence[str] = ()) -> "RecordFormat":
         """The format for a dataset with these columns (``kind`` detected)."""
         kind = kind or detect_kind(columns)
         return cls(kind=kind,
                    implicit_prompt=kind == "paired" and "prompt" not in columns,
                    preference_field=preference_field,
-                   num_responses=num_responses)
+                   num_responses=num_responses, labels=tuple(labels))
 
     def read(self, record: Any) -> Example:
         """Normalises one record; raises :class:`Malformed` if it is bad."""
         if not isinstance(record, Mapping):
             raise Malformed("unparseable", None,
                             f"expected a mapping; got {type(record).__name__}")
-        if self.kind == "paired":
-            return self._read_paired(record)
-        if self.kind == "ranked":
-            return self._read_ranked(record)
-        return self._read_unpaired(record)
+        read = {"paired": self._read_paired, "ranked": self._read_ranked,
+                "unpaired": self._read_unpaired}[self.kind]
+        example = read(record)
+        for key in self.labels:
+            example.labels[key] = _field_label(record, LABEL_FIELDS[(self.kind, key)])
+        return example
 
     def _read_paired(self, record: Mapping) -> Example:
         chosen, rejected = _get(record, "chosen"), _get(record, "rejected")
@@ -182,6 +209,24 @@ class RecordFormat:
                             f"{label!r}")
         return Example("unpaired", prompt, (completion,), ("completion",),
                        {"desirable": np.asarray([float(label)], np.float32)})
+
+
+def _field_label(record: Mapping, fields: tuple[str, ...]) -> np.ndarray:
+    """One label per response from its field: numbers ``[G]`` or equal-length lists ``[G, K]``."""
+    values = []
+    for field in fields:
+        value = _get(record, field)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            if len(value) == 0:
+                raise Malformed("wrong_type", field, "expected a non-empty list of numbers")
+            values.append([_finite(v, f"{field}[{k}]") for k, v in enumerate(value)])
+        else:
+            values.append(_finite(value, field))
+    shapes = {np.shape(v) for v in values}
+    if len(shapes) > 1:
+        raise Malformed("wrong_type", fields[-1], f"fields {list(fields)} have different lengths "
+                        f"{[len(v) if isinstance(v, list) else 'scalar' for v in values]}")
+    return np.asarray(values, np.float32)
 
 
 def _get(record: Mapping, field: str) -> Any:

@@ -62,6 +62,7 @@ def read_preferences(source: Any, tokenizer: Any, *,
                      kind: str | None = None,
                      preference_field: str | None = None,
                      num_responses: int | None = None,
+                     labels: Sequence[str] = (),
                      on_error: OnError = "raise") -> PreferenceData:
     """Reads, validates and tokenises every record of ``source``.
 
@@ -75,6 +76,8 @@ def read_preferences(source: Any, tokenizer: Any, *,
         source's columns if ``None``.
       preference_field: paired records' soft P(chosen > rejected) field.
       num_responses: ranked lists' ``G``; the first valid record's if ``None``.
+      labels: further labels to read from record fields
+        (``jalign.data.formats.LABEL_FIELDS``), e.g. ``("score",)`` for pairs.
       on_error: ``"raise"`` a ``MalformedRecordError`` (a ``ValueError``) at
         the first bad record, or ``"skip"`` and count it in ``report``.
 
@@ -88,7 +91,7 @@ def read_preferences(source: Any, tokenizer: Any, *,
     source = open_source(source)
     fmt = RecordFormat.for_columns(source.columns, kind=kind,
                                    preference_field=preference_field,
-                                   num_responses=num_responses)
+                                   num_responses=num_responses, labels=labels)
     policy = RecordPolicy(on_error, SkipReport(source.name), source.locate)
     examples = []
     for index in range(len(source)):

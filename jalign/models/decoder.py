@@ -121,15 +121,22 @@ class Decoder(nnx.Module):
             x = x + self.pos_embed[...][positions].astype(self.cfg.dtype)
         return x
 
-    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool):
-        """tokens [B, G, T] -> (logits [B, G, T, V] or hidden, kept k/v per layer)."""
+    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str):
+        """tokens [B, G, T] -> (logits [B, G, T, V], hidden, or per-layer states; kept k/v per layer).
+
+        ``return_hidden="layers"`` returns every block's output ``[L, B, G, T, E]``
+        (the residual stream before the final norm) instead of the final hidden states.
+        """
         x = self._embed(tokens, ctx.q_pos)
         inv_freq = rope_frequencies(self.cfg)
         call = _call_block_remat if self.cfg.remat else _call_block
-        kept = []
+        kept, states = [], []
         for i, block in enumerate(self.layers):
             x, kv = call(block, x, ctx, inv_freq, None if kvs is None else kvs[i])
             kept.append(kv)
+            states.append(x)
+        if return_hidden == "layers":
+            return jnp.stack(states), kept
         x = self.final_norm(x)
         return (x if return_hidden else self.logits(x)), kept
 
@@ -152,11 +159,13 @@ class Decoder(nnx.Module):
                            positions, mask, jnp.asarray(tokens.shape[1], jnp.int32))
 
     def forward_completions(self, prompt: PromptCache, tokens: jax.Array,
-                            mask: jax.Array | None = None, *, return_hidden: bool = False):
+                            mask: jax.Array | None = None, *, return_hidden: bool | str = False):
         """G completions per prompt, tokens/mask [B, G, C] -> logits [B, G, C, V].
 
         Equals running the model on each prompt+completion concatenation, with
-        the completion positions continuing the prompt's.
+        the completion positions continuing the prompt's. ``return_hidden``:
+        True gives the final hidden states [B, G, C, E]; ``"layers"`` every
+        block's output [L, B, G, C, E].
         """
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
         start = prompt.valid.sum(-1).astype(jnp.int32)[:, None, None]       # [B, 1, 1]

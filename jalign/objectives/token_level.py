@@ -6,7 +6,9 @@ information. Per-token inputs (each ``[B, 2, T]``, chosen first):
 - ``extras["ref_kl"]``: KL(pi_ref || pi_theta) of the next-token distributions;
   its masked sum is TDPO's sequential KL ``D_SeqKL``. It carries gradient.
 - ``extras["token_mask_logits"]``: SparsePO's learned mask head, with gradient.
-- ``labels["token_reward"]``: TGDPO's token-level reward guidance (a constant).
+- ``labels["guide_log_ratio"]``: a guide policy's per-token log-ratio
+  ``log pi_guide(y_t) - log pi_ref(y_t)`` (TGDPO's token-reward guidance is
+  ``beta`` times it), a constant. Random tests can draw ``N(0, 1)``.
 
 New extra key (SparsePO with ``mask="reference"``):
 
@@ -174,6 +176,12 @@ class SparsePO(Objective):
     - ``"reference"``: ``m = extras["reference_token_mask"]``, the paper's
       reference-model activation-based mask, a constant (see module docstring).
 
+    ``sparsity`` is the L1 penalty ``lambda (||m^w||_1 + ||m^l||_1)`` on the
+    mask over response tokens, added to each example's loss (the authors'
+    ``l1_norm_param_u = l1_norm_param_d = lambda``, halved for a common mask as
+    their trainer does, so the total is ``lambda`` times the two norms). The
+    authors' default is 0 (off); their HH recipe uses 0.001.
+
     ``requires`` names exactly the extra the chosen ``mask`` needs. The same mask weights rewards and
     KL ("common" masks); the paper's independent masks would need a second
     mask head and are not implemented. With a mask of ones it is TDPO1.
@@ -181,6 +189,7 @@ class SparsePO(Objective):
     """
 
     beta: float = 0.1
+    sparsity: float = 0.0
     mask: str = static_field("learned")
 
     def __post_init__(self):
@@ -198,24 +207,28 @@ class SparsePO(Objective):
         else:
             token_mask = jax.lax.stop_gradient(jnp.asarray(raw, jnp.float32))
         losses = sparsepo_loss(token_log_ratios(lp), extra(lp, "ref_kl"), token_mask, lp, beta=self.beta)
+        l1 = jnp.sum(masked_sum(token_mask, lp), axis=1)                      # ||m^w||_1 + ||m^l||_1
         metrics = reference_pairwise_metrics(lp, self.beta)
         metrics["mask/density"] = jnp.mean(masked_mean(jax.lax.stop_gradient(token_mask), lp), axis=1)
-        return losses, metrics
+        metrics["mask/l1"] = jax.lax.stop_gradient(l1)
+        return losses + self.sparsity * l1, metrics
 
 
-def tgdpo_loss(token_ratios: Array, token_reward: Array, lp: LogProbs, *, beta, alpha=0.5) -> Array:
+def tgdpo_loss(token_ratios: Array, guide_ratios: Array, lp: LogProbs, *, beta, alpha=0.5) -> Array:
     """Per-example TGDPO loss: DPO with per-token beta set by token-level reward guidance.
 
     .. math::
+        \\hat r_t = \\beta \\log\\frac{\\pi_{guide}}{\\pi_{ref}}(y^t), \\quad
         \\ell = -\\log\\sigma\\Big(\\sum_t \\beta (1 + \\alpha \\hat r^w_t)
             \\log\\frac{\\pi_\\theta}{\\pi_{ref}}(y_w^t)
           - \\sum_t \\beta (1 - \\alpha \\hat r^l_t) \\log\\frac{\\pi_\\theta}{\\pi_{ref}}(y_l^t)\\Big)
 
     Args:
-      token_ratios: ``[B, 2, T]`` per-token log-ratios.
-      token_reward: ``[B, 2, T]`` guidance ``r_hat`` (a constant).
+      token_ratios: ``[B, 2, T]`` per-token log-ratios of the policy.
+      guide_ratios: ``[B, 2, T]`` per-token log-ratios of the guide policy (a constant).
       lp: the batch (for the padding mask of the token sums).
-      beta: base KL strength.
+      beta: KL strength; it also scales the guide's log-ratio into a reward,
+        as the authors' trainer does with one ``pref_beta``.
       alpha: strength of the guidance; ``alpha = 0`` is DPO.
 
     Returns:
@@ -224,11 +237,12 @@ def tgdpo_loss(token_ratios: Array, token_reward: Array, lp: LogProbs, *, beta, 
     References:
       Zhu et al., *TGDPO: Harnessing Token-Level Reward Guidance for Enhancing
       Direct Preference Optimization*, 2025, Sec. 4 (the practical loss with
-      reward guidance f(r_hat) = 1 +/- alpha r_hat).
+      reward guidance f(r_hat) = 1 +/- alpha r_hat); authors' code
+      ``dvlab-research/TGDPO``, ``src/llamafactory/train/tgdpo/trainer.py``.
     """
-    guidance = alpha * jax.lax.stop_gradient(jnp.asarray(token_reward, jnp.float32))
+    reward = beta * jax.lax.stop_gradient(jnp.asarray(guide_ratios, jnp.float32))
     sign = jnp.array([1.0, -1.0], jnp.float32)[None, :, None]  # chosen: 1 + a r, rejected: 1 - a r
-    weighted = masked_sum(beta * (1.0 + sign * guidance) * token_ratios, lp)
+    weighted = masked_sum(beta * (1.0 + sign * alpha * reward) * token_ratios, lp)
     return -jax.nn.log_sigmoid(pair_margin(weighted))
 
 
@@ -237,21 +251,23 @@ def tgdpo_loss(token_ratios: Array, token_reward: Array, lp: LogProbs, *, beta, 
     strength="beta",
     citation="Zhu et al. 2025, TGDPO: Harnessing Token-Level Reward Guidance for Enhancing Direct "
     "Preference Optimization, Sec. 4 (practical loss)",
-    requires=Requirements(**_PAIRED, labels=("token_reward",)),
+    requires=Requirements(**_PAIRED, labels=("guide_log_ratio",)),
 )
 class TGDPO(Objective):
-    """TGDPO: per-token ``beta_t = beta * f(r_hat_t)`` from token-level reward guidance.
+    """TGDPO: per-token ``beta_t = beta * (1 +/- alpha r_hat_t)`` from a guide policy's token rewards.
 
-    ``labels["token_reward"]`` ``[B, 2, T]`` is the paper's practical guidance,
-    the token-level reward of a DPO-trained model:
-    ``r_hat_t = beta * (log pi_dpo(y_t) - log pi_ref(y_t))``, computed by the
-    trainer. Chosen tokens get ``f = 1 + alpha r_hat``, rejected tokens
-    ``f = 1 - alpha r_hat``. Zero guidance (or ``alpha = 0``) is DPO.
+    ``labels["guide_log_ratio"]`` ``[B, 2, T]`` is the guide's per-token
+    ``log pi_guide - log pi_ref`` (the trainer computes it from ``model.guide``,
+    a DPO-trained policy in the paper); ``r_hat = beta * guide_log_ratio``.
+    Defaults ``beta = 0.1``, ``alpha = 0.5`` are the authors' (``pref_beta``,
+    ``tgdpo_alpha``). Zero guidance (or ``alpha = 0``) is DPO. As in the
+    authors' code nothing keeps ``1 - alpha r_hat`` positive.
     """
 
     beta: float = 0.1
     alpha: float = 0.5
 
     def compute(self, lp: LogProbs):
-        losses = tgdpo_loss(token_log_ratios(lp), label(lp, "token_reward"), lp, beta=self.beta, alpha=self.alpha)
+        losses = tgdpo_loss(token_log_ratios(lp), label(lp, "guide_log_ratio"), lp, beta=self.beta,
+                            alpha=self.alpha)
         return losses, reference_pairwise_metrics(lp, self.beta)

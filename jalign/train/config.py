@@ -31,6 +31,9 @@ class ModelSection:
       lora_rank: >0 trains LoRA adapters only; the frozen base is the reference.
       lora_alpha: LoRA scale numerator (scale = alpha / rank).
       lora_targets: projection names (fnmatch patterns) that get adapters.
+      guide: a local Hugging Face checkpoint of a guide policy, for objectives
+        whose labels it computes (TGDPO's token rewards: the guide's per-token
+        log-ratio against the reference).
     """
 
     hf_dir: str | None = None
@@ -40,6 +43,7 @@ class ModelSection:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    guide: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,16 +17,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jalign.data import Tokenization, preference_batches, read_preferences
+from jalign.data.formats import detect_kind
+from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.tokenizer import load_tokenizer
 from jalign.sharding import global_batch, make_mesh, place
 from jalign.train.checkpoint import Checkpointer
 from jalign.train.config import Experiment
-from jalign.train.logprobs import needed_extras
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
 from jalign.train.optim import make_optimizer
 from jalign.train.reference import precompute_reference
-from jalign.train.step import TrainState, jit_step, make_step
+from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
+from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
+from jalign.train.token_inputs import add_token_mask_head, trainable_filter
 
 Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
 
@@ -43,7 +46,8 @@ class Run:
     rest: Any
     state: TrainState
     state_sharding: Any
-    reference_params: Any
+    frozen: FrozenModels
+    plan: Plan
     step_fn: Callable
     iterator: Any
     tokenizer: Any
@@ -51,23 +55,37 @@ class Run:
     mesh: Any
 
 
-def build_model(exp: Experiment) -> tuple[nnx.Module, Any]:
-    """The policy decoder and its tokenizer."""
+def _load_decoder(section, hf_dir: str | None, seed: int) -> nnx.Module:
+    if hf_dir is not None:
+        return load_hf(hf_dir)
+    if section.arch is not None:
+        return Decoder(section.arch, rngs=nnx.Rngs(seed))
+    raise ValueError("set model.hf_dir (a local checkpoint) or model.arch (random initialisation)")
+
+
+def build_model(exp: Experiment, plan: Plan | None = None) -> tuple[nnx.Module, Any]:
+    """The policy decoder (with the heads the plan needs) and its tokenizer."""
     section = exp.model
     tokenizer_dir = section.tokenizer or section.hf_dir
     if tokenizer_dir is None:
         raise ValueError("model.tokenizer (or model.hf_dir) must name a local tokenizer directory")
     tokenizer = load_tokenizer(tokenizer_dir)
-    if section.hf_dir is not None:
-        model = load_hf(section.hf_dir)
-    elif section.arch is not None:
-        model = Decoder(section.arch, rngs=nnx.Rngs(section.init_seed))
-    else:
-        raise ValueError("set model.hf_dir (a local checkpoint) or model.arch (random initialisation)")
+    model = _load_decoder(section, section.hf_dir, section.init_seed)
     if section.lora_rank > 0:
         lora.add_lora(model, rank=section.lora_rank, alpha=section.lora_alpha,
                       targets=section.lora_targets, rngs=nnx.Rngs(section.init_seed + 1))
+    if plan is not None and plan.needs_mask_head:
+        add_token_mask_head(model, rngs=nnx.Rngs(section.init_seed + 2))
     return model, tokenizer
+
+
+def plan_for(exp: Experiment) -> Plan:
+    """The provider's plan for ``exp`` (refuses before any model is built or compiled)."""
+    source = open_source(exp.data.train)
+    kind = exp.data.kind or detect_kind(source.columns)
+    return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
+                       lora=exp.model.lora_rank > 0, guide=exp.model.guide is not None,
+                       metric_extras=exp.train.extras)
 
 
 def _device_batch(batch: dict, mesh) -> dict:
@@ -76,27 +94,26 @@ def _device_batch(batch: dict, mesh) -> dict:
 
 
 def build(exp: Experiment) -> Run:
-    """Model, reference, data pipeline, optimizer and the jitted step."""
-    model, tokenizer = build_model(exp)
-    use_lora = exp.model.lora_rank > 0
-    graphdef, params, rest = nnx.split(model, nnx.LoRAParam if use_lora else nnx.Param, ...)
-    reference_params = None if use_lora else jax.tree.map(jnp.copy, params)
+    """Plan, model, reference, data pipeline, optimizer and the jitted step."""
+    plan = plan_for(exp)
+    model, tokenizer = build_model(exp, plan)
+    trainable = trainable_filter(lora=exp.model.lora_rank > 0, mask_head=plan.needs_mask_head)
+    graphdef, params, rest = nnx.split(model, trainable, ...)
     data = read_preferences(
         exp.data.train, tokenizer, kind=exp.data.kind, preference_field=exp.data.preference_field,
-        on_error=exp.data.on_error,
+        labels=plan.data_labels, on_error=exp.data.on_error,
         tokenization=Tokenization(max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
                                   truncation=exp.data.truncation))
-    precomputed = exp.train.reference == "precomputed"
-    extras = tuple(sorted(set(needed_extras(exp.objective)) | set(exp.train.extras)))
-    if precomputed:
-        if "ref_kl" in extras:
-            raise ValueError("extras 'ref_kl' needs the reference model; it is unavailable with "
-                             "train.reference='precomputed'")
-        reference_model = lora.reference_view(model) if use_lora else model
+    if plan.reference == PRECOMPUTED:
+        reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
         data = precompute_reference(data, reference_model, batch_size=exp.train.batch_size,
                                     impl=exp.train.logprob_impl,
                                     cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
-        reference_params = None
+    guide_graphdef, guide_state = None, None
+    if plan.needs_guide:
+        guide_graphdef, guide_state = nnx.split(_load_decoder(exp.model, exp.model.guide, 0))
+    frozen = FrozenModels(reference=jax.tree.map(jnp.copy, params) if plan.reference == FROZEN else None,
+                          guide=guide_state)
     processes = jax.process_count()
     if exp.train.batch_size % processes:
         raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over {processes} processes")
@@ -107,25 +124,23 @@ def build(exp: Experiment) -> Run:
     mesh = make_mesh(exp.mesh)
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
-    step = make_step(graphdef, rest, tx, extras=extras, impl=exp.train.logprob_impl,
-                     lora_reference=use_lora and not precomputed)
+    step = make_step(graphdef, rest, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
     sample = _device_batch(dataset[0], mesh)
-    jitted, sharding = jit_step(step, mesh, state, reference_params, sample, exp.objective, tx)
-    if reference_params is not None:
-        reference_params = place(reference_params, sharding.params)
-    return Run(graphdef, rest, place(state, sharding), sharding, reference_params, jitted, iterator,
-               tokenizer, data.report.as_dict(), mesh)
+    jitted, sharding, frozen_sharding = jit_step(step, mesh, state, frozen, sample, exp.objective, tx)
+    return Run(graphdef, rest, place(state, sharding), sharding, place(frozen, frozen_sharding), plan, jitted,
+               iterator, tokenizer, data.report.as_dict(), mesh)
 
 
 def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
     """The current policy and its reference as modules (for evaluation hooks).
 
-    The reference is None when it was precomputed for a fully fine-tuned model.
+    The reference is None when it was precomputed for a fully fine-tuned
+    model, or when the objective needs none.
     """
     policy = nnx.merge(run.graphdef, run.state.params, run.rest)
-    if run.reference_params is not None:
-        return policy, nnx.merge(run.graphdef, run.reference_params, run.rest)
+    if run.plan.reference == FROZEN:
+        return policy, nnx.merge(run.graphdef, run.frozen.reference, run.rest)
     has_lora = any(True for _ in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam)))
     return policy, lora.reference_view(policy) if has_lora else None
 
@@ -156,7 +171,7 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     try:
         for step in range(start + 1, end + 1):
             batch = _device_batch(next(run.iterator), run.mesh)
-            run.state, metrics = run.step_fn(run.state, run.reference_params, batch, exp.objective)
+            run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
             if not bool(metrics["finite"]):
                 raise NonFiniteLossError(
                     f"non-finite loss or gradient at step {step}; state not updated, last good checkpoint: "

@@ -16,16 +16,16 @@ import numpy as np
 from flax import nnx
 
 from jalign.data import PreferenceData, preference_batches
-from jalign.train.logprobs import batch_logprobs
+from jalign.models.scoring import score
 
 
 def _score_all(data: PreferenceData, reference: nnx.Module, *, batch_size: int, impl: str) -> dict[int, list]:
     """record index -> per-response reference log-probs ``[R_g]``."""
-    score = nnx.jit(lambda model, batch: batch_logprobs(model, None, batch, impl=impl).policy)
+    score_batch = nnx.jit(lambda model, batch: score(model, batch, impl=impl)[0])
     lengths = {e.index: [len(r) for r in e.responses] for e in data.examples}
     scores = {}
     for batch in preference_batches(data, batch_size=batch_size, shuffle=False, num_epochs=1):
-        logprobs = np.asarray(score(reference, {k: v for k, v in batch.items() if k != "record_index"}))
+        logprobs = np.asarray(score_batch(reference, {k: v for k, v in batch.items() if k != "record_index"}))
         for row, record in enumerate(batch["record_index"]):
             if record >= 0:
                 scores[int(record)] = [logprobs[row, g, :n] for g, n in enumerate(lengths[int(record)])]

@@ -22,7 +22,7 @@ from jalign.models import lora
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
 from jalign.sharding import optimizer_shardings, state_shardings
-from jalign.train.logprobs import batch_logprobs
+from jalign.train.provider import FROZEN, LORA_BASE, Plan, batch_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,31 +68,49 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, *,
-              extras: tuple[str, ...] = (), impl: str = "auto", lora_reference: bool = False) -> Callable:
-    """``step(state, reference_params, batch, objective) -> (state, metrics)``, unjitted.
+@dataclasses.dataclass(frozen=True)
+class FrozenModels:
+    """Parameters the step reads but never trains, passed as (sharded) step arguments.
 
-    ``reference_params`` is the reference model's trainable-parameter state
-    (merged with the same ``graphdef`` and ``rest``). With ``lora_reference``
-    the trainable state holds only LoRA adapters and the reference is the same
-    model with adapters disabled (``reference_params`` is then None): one copy
-    of the base weights serves both.
+    Attributes:
+      reference: the frozen reference copy's trainable-parameter state (merged
+        with the policy's graphdef), for a ``"frozen"`` plan; else None.
+      guide: the guide model's ``nnx.State`` (TGDPO's token rewards), or None.
     """
-    def reference_model(policy, reference_params):
-        if lora_reference:
-            return lora.reference_view(policy)
-        return None if reference_params is None else nnx.merge(graphdef, reference_params, rest)
 
-    def loss_fn(params, reference_params, batch, objective: Objective):
+    reference: Any = None
+    guide: Any = None
+
+
+jax.tree_util.register_dataclass(FrozenModels, data_fields=["reference", "guide"], meta_fields=[])
+
+
+def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, plan: Plan, *,
+              impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
+    """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted.
+
+    ``frozen`` is a :class:`FrozenModels`. The plan decides the reference: a
+    frozen copy (``frozen.reference``), the policy itself with LoRA adapters
+    disabled (one copy of the base weights serves both), precomputed
+    log-probs in the batch, or none.
+    """
+    def reference_model(policy, frozen: FrozenModels):
+        if plan.reference == LORA_BASE:
+            return lora.reference_view(policy)
+        if plan.reference == FROZEN:
+            return nnx.merge(graphdef, frozen.reference, rest)
+        return None
+
+    def loss_fn(params, frozen: FrozenModels, batch, objective: Objective):
         policy = nnx.merge(graphdef, params, rest)
-        reference = reference_model(policy, reference_params)
-        lp = batch_logprobs(policy, reference, batch, extras=extras, impl=impl)
+        guide = None if frozen.guide is None else nnx.merge(guide_graphdef, frozen.guide)
+        lp = batch_logprobs(plan, policy, reference_model(policy, frozen), batch, impl=impl, guide=guide)
         loss, metrics = objective(lp)
         return loss, {**metrics, **diagnostics(lp)}
 
-    def step(state: TrainState, reference_params, batch, objective):
+    def step(state: TrainState, frozen: FrozenModels, batch, objective):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, reference_params, batch, objective)
+            state.params, frozen, batch, objective)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads)
@@ -112,24 +130,26 @@ def batch_sharding(mesh: Mesh, batch: dict) -> Any:
     return jax.tree.map(spec, batch)
 
 
-def jit_step(step: Callable, mesh: Mesh, state: TrainState, reference_params, batch, objective,
+def jit_step(step: Callable, mesh: Mesh, state: TrainState, frozen: FrozenModels, batch, objective,
              tx: optax.GradientTransformation):
     """The step jitted with explicit in/out shardings; the state buffer is donated.
 
     Returns:
-      ``(jitted_step, state_sharding)``; place the initial state with
-      ``jax.device_put(state, state_sharding)``.
+      ``(jitted_step, state_sharding, frozen_sharding)``; place the initial
+      state and the frozen models with ``jax.device_put`` on them.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     param_sharding = state_shardings(state.params, mesh)
     state_sharding = TrainState(
         step=replicated, params=param_sharding,
         opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh), rng=replicated)
-    reference_sharding = None if reference_params is None else state_shardings(reference_params, mesh)
+    frozen_sharding = FrozenModels(
+        reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh),
+        guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh))
     objective_sharding = jax.tree.map(lambda _: replicated, objective)
     jitted = jax.jit(
         step,
-        in_shardings=(state_sharding, reference_sharding, batch_sharding(mesh, batch), objective_sharding),
+        in_shardings=(state_sharding, frozen_sharding, batch_sharding(mesh, batch), objective_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,))
-    return jitted, state_sharding
+    return jitted, state_sharding, frozen_sharding

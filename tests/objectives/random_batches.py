@@ -35,7 +35,7 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "score": rng.normal(size=(batch, g)),
         "desirable": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
         "other_rewards": rng.normal(size=(batch, g, 2)),
-        "token_reward": rng.normal(size=shape),
+        "guide_log_ratio": rng.normal(size=shape),
         "kl_estimate": rng.normal(size=(batch,)),
         "win_prob": rng.uniform(0, 1, size=(batch, g)),
         "previous_logps": policy.sum(-1) + rng.normal(size=(batch, g)),

@@ -25,7 +25,7 @@ MASK[0, 1, 3:] = 0.0
 MASK[2, 0, 4:] = 0.0
 REF_KL = RNG.uniform(0.0, 0.5, (B, 2, T)).astype(np.float32)
 MASK_LOGITS = RNG.normal(size=(B, 2, T)).astype(np.float32)
-TOKEN_REWARD = RNG.normal(size=(B, 2, T)).astype(np.float32)
+GUIDE_RATIO = RNG.normal(size=(B, 2, T)).astype(np.float32)
 
 
 @jax.jit
@@ -34,11 +34,11 @@ def _per_example(objective, lp):
     return objective.per_example(lp)
 
 
-def _batch(policy=POLICY, reference=REFERENCE, ref_kl=REF_KL, mask_logits=MASK_LOGITS, token_reward=TOKEN_REWARD,
+def _batch(policy=POLICY, reference=REFERENCE, ref_kl=REF_KL, mask_logits=MASK_LOGITS, guide_ratio=GUIDE_RATIO,
            **extras):
     return LogProbs(policy=jnp.asarray(policy), mask=jnp.asarray(MASK), reference=jnp.asarray(reference),
                     extras={"ref_kl": ref_kl, "token_mask_logits": mask_logits, **extras},
-                    labels={"token_reward": token_reward})
+                    labels={"guide_log_ratio": guide_ratio})
 
 
 def _log_sigmoid(x):
@@ -111,16 +111,29 @@ def test_sparsepo_learned_mask_gets_gradient_where_active():
 
 
 def test_tgdpo_matches_numpy_and_reduces_to_dpo():
+    """Against the authors' weight ``beta * (1 +/- alpha * beta * (logp_guide - logp_ref))`` (TGDPO trainer)."""
     beta, alpha = 0.3, 0.6
-    f = np.stack([1 + alpha * TOKEN_REWARD[:, 0], 1 - alpha * TOKEN_REWARD[:, 1]], axis=1)
+    reward = beta * GUIDE_RATIO
+    f = np.stack([1 + alpha * reward[:, 0], 1 - alpha * reward[:, 1]], axis=1)
     weighted = _sum(beta * f * (POLICY - REFERENCE))
     expected = -_log_sigmoid(weighted[:, 0] - weighted[:, 1])
     np.testing.assert_allclose(_per_example(TGDPO(beta=beta, alpha=alpha), _batch())[0], expected, rtol=1e-5)
     dpo = _per_example(DPO(beta=beta), _batch())[0]
-    zero = np.zeros_like(TOKEN_REWARD)
-    guided = _per_example(TGDPO(beta=beta, alpha=alpha), _batch(token_reward=zero))[0]
+    zero = np.zeros_like(GUIDE_RATIO)
+    guided = _per_example(TGDPO(beta=beta, alpha=alpha), _batch(guide_ratio=zero))[0]
     np.testing.assert_allclose(guided, dpo, rtol=1e-6)
     np.testing.assert_allclose(_per_example(TGDPO(beta=beta, alpha=0.0), _batch())[0], dpo, rtol=1e-6)
+
+
+def test_sparsepo_l1_penalty_is_the_authors_sum_over_response_tokens():
+    """``lambda * (||m^w||_1 + ||m^l||_1)`` over response tokens, unnormalised (HEBO SparsePO trainer)."""
+    lam = 0.01
+    m = np.maximum(MASK_LOGITS, 0.0)
+    penalty = lam * (_sum(m)[:, 0] + _sum(m)[:, 1])
+    plain = _per_example(SparsePO(beta=0.5), _batch())[0]
+    penalised, metrics = _per_example(SparsePO(beta=0.5, sparsity=lam), _batch())
+    np.testing.assert_allclose(penalised - plain, penalty, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["mask/l1"], _sum(m).sum(axis=1), rtol=1e-5)
 
 
 OBJECTIVES = [TDPO1, TDPO2, SparsePO, TGDPO]

@@ -16,7 +16,8 @@ from flax import nnx
 from jalign.models import Decoder, ModelConfig
 from jalign.objectives import dpo, sft
 from jalign.sharding import MeshConfig, global_batch, initialize, make_mesh, place
-from jalign.train.step import TrainState, jit_step, make_step
+from jalign.train.provider import Plan
+from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
 CFG = ModelConfig("llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64)
@@ -40,7 +41,7 @@ def run(mesh_config: MeshConfig, devices=None, steps=3):
     into global arrays with ``global_batch``.
     """
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = jax.tree.map(jnp.copy, params)
+    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
     tx = optax.adamw(1e-2)
     objective = dpo(beta=0.5) + 0.1 * sft()
     batch = _batch()
@@ -50,10 +51,10 @@ def run(mesh_config: MeshConfig, devices=None, steps=3):
         rows = len(batch["prompt_tokens"]) // jax.process_count()
         local = jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
         batch = global_batch(local, mesh)
-    jitted, sharding = jit_step(make_step(graphdef, rest, tx, impl="chunked"), mesh, state, reference,
-                                batch, objective, tx)
+    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+    jitted, sharding, _ = jit_step(step, mesh, state, reference, batch, objective, tx)
     state = place(state, sharding)
-    reference = place(reference, sharding.params)
+    reference = place(reference, FrozenModels(reference=sharding.params))
     losses = []
     for _ in range(steps):
         state, metrics = jitted(state, reference, batch, objective)

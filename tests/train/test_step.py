@@ -65,7 +65,8 @@ def test_nonfinite_loss_leaves_state_unchanged_and_flags_it():
     from step_script import CFG, _batch
     from jalign.objectives import dpo
     from jalign.sharding import MeshConfig, make_mesh
-    from jalign.train.step import TrainState, jit_step, make_step
+    from jalign.train.provider import Plan
+    from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
     from jalign.models import Decoder
 
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
@@ -73,9 +74,9 @@ def test_nonfinite_loss_leaves_state_unchanged_and_flags_it():
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
     batch = _batch()
     bad = dpo(beta=float("nan"))
-    reference = jax.tree.map(jnp.copy, params)  # the state is donated: no shared buffers
-    jitted, sharding = jit_step(make_step(graphdef, rest, tx, impl="chunked"), make_mesh(MeshConfig()),
-                                state, reference, batch, bad, tx)
+    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))  # the state is donated: no shared buffers
+    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+    jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig()), state, reference, batch, bad, tx)
     before = jax.tree.map(np.asarray, state.params)
     after, metrics = jitted(jax.device_put(state, sharding), reference, batch, bad)
     assert not bool(metrics["finite"])
@@ -88,7 +89,12 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     """accumulation_steps=2 over the two halves of a batch == one update on the whole batch.
 
     The batch-mean loss of the whole batch is the mean of the halves' means, so
-    optax.MultiSteps' averaged gradient and the resulting Adam update coincide.
+    optax.MultiSteps' averaged gradient equals the whole batch's gradient. The
+    test compares that gradient itself: plain SGD with learning rate 1 makes
+    the parameter change equal to minus the gradient, so the tolerance is
+    fp32 reduction-order noise relative to the gradient's scale (1e-5 of its
+    largest entry). Comparing Adam updates instead would divide by sqrt(v) and
+    amplify that noise in near-zero coordinates (issue 13).
     """
     sys.path.insert(0, str(HERE))
     from step_script import CFG, _batch
@@ -96,30 +102,30 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     from jalign.objectives import dpo
     from jalign.sharding import MeshConfig, make_mesh
     from jalign.train.optim import OptimizerConfig, make_optimizer
-    from jalign.train.step import TrainState, jit_step, make_step
+    from jalign.train.provider import Plan
+    from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = jax.tree.map(jnp.copy, params)
+    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
     batch, objective, mesh = _batch(), dpo(beta=0.5), make_mesh(MeshConfig())
     halves = [jax.tree.map(lambda x, i=i: x[i * 4:(i + 1) * 4], batch) for i in range(2)]
 
-    def final_params(accumulation, batches):
-        cfg = OptimizerConfig(name="adam", learning_rate=1e-2, schedule="constant", max_grad_norm=None,
-                              accumulation_steps=accumulation)
+    def applied_gradient(accumulation, batches):
+        cfg = OptimizerConfig(name="sgd", learning_rate=1.0, schedule="constant", max_grad_norm=None,
+                              weight_decay=0.0, accumulation_steps=accumulation)
         tx = make_optimizer(cfg, total_updates=1)
         state = TrainState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.copy, params), tx.init(params),
                            jax.random.key(0))
-        jitted, sharding = jit_step(make_step(graphdef, rest, tx, impl="chunked"), mesh, state, reference,
-                                    batches[0], objective, tx)
+        step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+        jitted, sharding, _ = jit_step(step, mesh, state, reference, batches[0], objective, tx)
         state = jax.device_put(state, sharding)
         for micro in batches:
             state, _ = jitted(state, reference, micro, objective)
-        return jax.tree.map(np.asarray, state.params)
+        return [np.asarray(p) - np.asarray(a) for p, a in zip(jax.tree.leaves(params),
+                                                              jax.tree.leaves(state.params))]
 
-    accumulated = final_params(2, halves)
-    whole = final_params(1, [batch])
-    changed = False
-    for a, w, p in zip(jax.tree.leaves(accumulated), jax.tree.leaves(whole), jax.tree.leaves(params)):
-        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-5)  # Adam steps are 1e-2
-        changed |= not np.allclose(a, np.asarray(p))
-    assert changed
+    accumulated, whole = applied_gradient(2, halves), applied_gradient(1, [batch])
+    scale = max(float(np.max(np.abs(g))) for g in whole)
+    assert scale > 0
+    for a, w in zip(accumulated, whole):
+        np.testing.assert_allclose(a, w, rtol=0, atol=1e-5 * scale)

@@ -1,4 +1,4 @@
-"""Batch -> LogProbs through the shared-prompt forward and the fused kernel.
+"""Batch -> LogProbs through the provider: shared-prompt forward and the fused kernel.
 
 Independent reference: the decoder run on each full ``prompt + response``
 sequence, ``jax.nn.log_softmax`` over full logits, and the response tokens'
@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 
 from jalign.models import Decoder, ModelConfig
-from jalign.objectives import dpo, sft
-from jalign.train.logprobs import batch_logprobs, needed_extras
+from jalign.objectives import dpo
+from jalign.train.provider import Plan, batch_logprobs
 
 CFG = ModelConfig("llama", vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64)
@@ -56,8 +56,8 @@ def test_policy_and_reference_logprobs_match_full_sequence_forward():
     policy = Decoder(CFG, rngs=nnx.Rngs(0))
     reference = Decoder(CFG, rngs=nnx.Rngs(1))
     batch = _batch()
-    lp = nnx.jit(lambda p, r, b: batch_logprobs(p, r, b, extras=("entropy", "ref_kl"), impl="chunked"))(
-        policy, reference, batch)
+    plan = Plan(reference="frozen", kernel_extras=("entropy", "ref_kl"))
+    lp = nnx.jit(lambda p, r, b: batch_logprobs(plan, p, r, b, impl="chunked"))(policy, reference, batch)
     mask = batch["response_mask"]
     np.testing.assert_array_equal(lp.mask, mask)
     np.testing.assert_allclose(lp.policy * mask, _full_sequence_logprobs(policy, batch), atol=2e-5)
@@ -73,13 +73,10 @@ def test_gradient_flows_to_policy_only():
     batch = _batch()
 
     def loss(p, r):
-        return dpo(beta=0.5)(batch_logprobs(p, r, batch, impl="chunked"))[0]
+        return dpo(beta=0.5)(batch_logprobs(Plan(reference="frozen"), p, r, batch, impl="chunked"))[0]
 
     g_policy, g_reference = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(policy, reference)
     policy_norm = sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(nnx.state(g_policy)))
     reference_norm = sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(nnx.state(g_reference)))
     assert policy_norm > 0 and reference_norm == 0
 
-
-def test_needed_extras_walks_composed_objectives():
-    assert needed_extras(dpo() + 0.1 * sft()) == ()

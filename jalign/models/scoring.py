@@ -1,0 +1,117 @@
+"""Scoring responses with a decoder: per-token log-probs of G completions per prompt.
+
+The prompt is encoded once per example; the ``G`` responses attend to its
+keys. The hidden state that predicts response token 0 is the one at the last
+prompt token, so that token is fed as the first completion input rather than
+encoded with the prompt. Hidden states go to ``jalign.kernels`` with the
+output projection: per-token log-probs (and extras such as entropy or KL to
+another head) come back without a ``[tokens, vocab]`` logits tensor.
+
+Batches are dicts as ``jalign.data.collate.Collator`` makes them:
+``prompt_tokens`` / ``prompt_mask`` ``[B, P]`` (any padding side) and
+``response_tokens`` / ``response_mask`` ``[B, G, R]`` (right-padded).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jalign.kernels import TokenLogProbs, sequence_logprobs
+from jalign.models.decoder import OutputProjection
+
+
+def completion_inputs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Splits off the last prompt token as the first completion input.
+
+    Returns:
+      ``prompt_body_mask`` ``[B, P]`` (the prompt without its last token),
+      ``inputs`` ``[B, G, R]`` (last prompt token, then responses shifted right),
+      ``input_mask`` ``[B, G, R]`` and ``target_mask`` ``[B, G, R]`` (response
+      tokens that have a predicting position; a row with an empty prompt loses
+      its first response token).
+    """
+    prompt, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"].astype(bool)
+    responses, response_mask = batch["response_tokens"], batch["response_mask"].astype(bool)
+    positions = jnp.arange(prompt.shape[1])
+    last = jnp.max(jnp.where(prompt_mask, positions, -1), axis=1)                 # [B]
+    has_prompt = last >= 0
+    last_token = jnp.take_along_axis(prompt, jnp.maximum(last, 0)[:, None], axis=1)  # [B, 1]
+    body_mask = prompt_mask & (positions[None] != last[:, None])
+    b, g, _ = responses.shape
+    first = jnp.broadcast_to(last_token[:, None, :], (b, g, 1))
+    inputs = jnp.concatenate([first, responses[:, :, :-1]], axis=-1)
+    first_valid = jnp.broadcast_to(has_prompt[:, None, None], (b, g, 1))
+    input_mask = jnp.concatenate([first_valid, response_mask[:, :, :-1]], axis=-1)
+    target_mask = response_mask & input_mask
+    return body_mask, inputs, input_mask, target_mask
+
+
+class Responses(NamedTuple):
+    """A decoder's view of a batch's responses.
+
+    Attributes:
+      hidden: ``[B, G, R, E]`` final hidden states at the positions predicting
+        each response token.
+      head: the decoder's output projection.
+      target_mask: ``[B, G, R]`` bool, response tokens that have a predicting position.
+      layers: ``[L, B, G, R, E]`` every block's output, when asked for; else None.
+    """
+
+    hidden: jax.Array
+    head: OutputProjection
+    target_mask: jax.Array
+    layers: jax.Array | None = None
+
+
+def encode_responses(model: Any, batch: dict, *, layers: bool = False) -> Responses:
+    """Runs ``model`` over each prompt once and its ``G`` responses; no logits.
+
+    With ``layers`` the per-layer states are kept too (one forward: the final
+    hidden states are the last layer's after the final norm).
+    """
+    body_mask, inputs, input_mask, target_mask = completion_inputs(batch)
+    cache = model.encode_prompt(batch["prompt_tokens"], body_mask)
+    if not layers:
+        hidden = model.forward_completions(cache, inputs, input_mask, return_hidden=True)
+        return Responses(hidden, model.output_projection(), target_mask)
+    states = model.forward_completions(cache, inputs, input_mask, return_hidden="layers")
+    return Responses(model.final_norm(states[-1]), model.output_projection(), target_mask, states)
+
+
+def frozen(responses: Responses) -> Responses:
+    """The same view with no gradient to hidden states or head (a reference, a judge, a guide)."""
+    head = responses.head
+    constant = jax.lax.stop_gradient
+    return Responses(constant(responses.hidden),
+                     OutputProjection(constant(head.kernel), None if head.bias is None else constant(head.bias),
+                                      head.softcap),
+                     responses.target_mask, None if responses.layers is None else constant(responses.layers))
+
+
+def token_logprobs(responses: Responses, targets: jax.Array, *, extras: Sequence[str] = (),
+                   kl_to: Responses | None = None, impl: str = "auto", top_k: int | None = None) -> TokenLogProbs:
+    """Per-token log pi(target) ``[B, G, R]`` and the requested kernel extras.
+
+    Args:
+      responses: the scored decoder's hidden states and head.
+      targets: ``[B, G, R]`` response token ids.
+      extras: kernel extras (``jalign.kernels``); ``"ref_kl"`` is KL from ``kl_to``.
+      kl_to: the other model's view, for ``"ref_kl"``; a constant.
+      impl: the kernel implementation.
+      top_k: k for the top-k extras.
+    """
+    head = responses.head
+    other = {} if kl_to is None else dict(ref_hidden=kl_to.hidden, ref_weight=kl_to.head.kernel,
+                                          ref_bias=kl_to.head.bias)
+    return sequence_logprobs(responses.hidden, head.kernel, targets, responses.target_mask, bias=head.bias,
+                             softcap=head.softcap, extras=tuple(extras), top_k=top_k, impl=impl, **other)
+
+
+def score(model: Any, batch: dict, *, impl: str = "auto") -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probs ``[B, G, R]`` (fp32, 0 off the mask) and the target mask, without gradient."""
+    responses = frozen(encode_responses(model, batch))
+    out = token_logprobs(responses, batch["response_tokens"], impl=impl)
+    return out.logprobs, responses.target_mask

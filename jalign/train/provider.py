@@ -1,0 +1,215 @@
+"""The LLM trainer's provider: serves exactly what an objective declares, or refuses by name.
+
+The counterpart of ``jalign.tabular.batch_for`` for transformers. When a run
+is built, :func:`plan_inputs` reads the composed objective's declaration
+(``requires`` and ``sampling``) once and decides where each input comes from:
+
+- the reference, one value: none, a frozen copy, the LoRA base view, or
+  log-probs precomputed with the data;
+- per-token extras, from the fused log-prob kernels (``entropy``,
+  ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
+  (SparsePO's masks);
+- labels, from the data's own fields (``preference``, ``score``,
+  ``desirable``, ``other_rewards``) or computed in the step: KTO's
+  ``kl_estimate`` from mismatched prompt/completion pairs of the batch and
+  TGDPO's ``guide_log_ratio`` from a guide model.
+
+Whatever it cannot supply is refused before anything is compiled, in one
+:class:`RefusedObjective` message naming the objective, each missing input
+and how to provide it. Online objectives, whose responses must be generated
+during training, are refused: a fixed dataset never stands in for them.
+:func:`batch_logprobs` then assembles the objective's ``LogProbs`` inside the
+jitted step, following the plan and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jalign.data.formats import LABEL_FIELDS, intrinsic_labels
+from jalign.models.scoring import Responses, encode_responses, frozen, token_logprobs
+from jalign.objectives import LogProbs, Objective
+from jalign.objectives.declaration import ANY, LIST, PAIR, SINGLE, TRIPLE
+from jalign.train.token_inputs import (
+    GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
+)
+
+NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
+KERNEL_EXTRAS = ("entropy", "ref_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
+_DATA_KINDS = {PAIR: ("paired",), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
+               ANY: ("paired", "ranked", "unpaired")}
+
+
+class RefusedObjective(ValueError):
+    """The run cannot serve the objective's declaration (a user error, raised before compiling)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where every input of the objective comes from; static for the compiled step.
+
+    Attributes:
+      reference: ``"none"``, ``"frozen"`` (a frozen copy's parameters are a
+        step argument), ``"lora_base"`` (the policy with adapters off) or
+        ``"precomputed"`` (``batch["reference_logprobs"]``).
+      kernel_extras: extras the policy's log-prob kernel computes (the
+        objective's and the metrics').
+      data_labels: labels read from record fields beyond the data kind's own.
+      computed_labels: labels computed in the step (``kl_estimate``, ``guide_log_ratio``).
+      mask_extras: SparsePO masks computed in the step (``token_mask_logits``,
+        ``reference_token_mask``).
+    """
+
+    reference: str = NONE
+    kernel_extras: tuple[str, ...] = ()
+    data_labels: tuple[str, ...] = ()
+    computed_labels: tuple[str, ...] = ()
+    mask_extras: tuple[str, ...] = ()
+
+    @property
+    def needs_guide(self) -> bool:
+        return GUIDE_LABEL in self.computed_labels
+
+    @property
+    def needs_mask_head(self) -> bool:
+        return "token_mask_logits" in self.mask_extras
+
+
+def _reference_kind(needed: bool, mode: str, lora: bool) -> str:
+    if not needed:
+        return NONE
+    if mode == PRECOMPUTED:
+        return PRECOMPUTED
+    return LORA_BASE if lora else FROZEN
+
+
+def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str], reference_mode: str = "model",
+                lora: bool = False, guide: bool = False, metric_extras: Sequence[str] = ()) -> Plan:
+    """Decides the source of every input ``objective`` declares, or refuses.
+
+    Args:
+      objective: the (possibly composed) objective.
+      data_kind: the training data's kind (``"paired"``, ``"ranked"``, ``"unpaired"``).
+      columns: the training data's record fields.
+      reference_mode: ``train.reference``: ``"model"`` or ``"precomputed"``.
+      lora: whether the policy trains LoRA adapters over a frozen base.
+      guide: whether a guide model is configured (``model.guide``).
+      metric_extras: kernel extras wanted for metrics only (``train.extras``).
+
+    Raises:
+      RefusedObjective: one message listing every input that cannot be served.
+    """
+    name, needs, sampling = objective.name, objective.requires, objective.sampling
+    if sampling is not None:
+        raise RefusedObjective(
+            f"{name}: its responses are sampled during training ({sampling.describe()}; from "
+            f"{', '.join(sampling.model_sources())}), and `jalign train` has no generation loop yet, so it "
+            "would silently train on the file's fixed pairs instead. Run it in jalign.tabular "
+            "(exact or sampled populations) or choose an offline objective.")
+    missing = []
+    if data_kind not in _DATA_KINDS[needs.responses]:
+        wanted = " or ".join(_DATA_KINDS[needs.responses])
+        missing.append(f"{needs.responses} responses: the data is {data_kind}; give {wanted} data "
+                       "(see the README's data formats)")
+    own_extras = set(needs.extras)
+    metric_only = [e for e in metric_extras if e not in own_extras]
+    kernel_extras = sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))
+    mask_extras = sorted(own_extras & set(MASK_EXTRAS))
+    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
+        missing.append(f"extras[{extra!r}]: no kernel or model of `jalign train` computes it")
+    for extra in metric_only:
+        if extra not in KERNEL_EXTRAS:
+            missing.append(f"train.extras {extra!r}: not a kernel extra; valid: {list(KERNEL_EXTRAS)}")
+    data_labels, computed = [], []
+    for key in needs.labels:
+        if key in intrinsic_labels(data_kind):
+            continue
+        fields = LABEL_FIELDS.get((data_kind, key))
+        if fields is not None:
+            absent = [f for f in fields if f not in columns]
+            if absent:
+                missing.append(f"labels[{key!r}]: add the fields {absent} to every {data_kind} record")
+            data_labels.append(key)
+        elif key == "kl_estimate":
+            computed.append(key)
+        elif key == GUIDE_LABEL:
+            computed.append(key)
+            if not guide:
+                missing.append(f"labels[{key!r}]: set model.guide to a local Hugging Face checkpoint of the "
+                               "guide policy (TGDPO's DPO-trained model); its token log-ratios against the "
+                               "reference are the token rewards")
+        else:
+            where = [f"{kind} records' {fields}" for (kind, label), fields in LABEL_FIELDS.items() if label == key]
+            where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired") if key in intrinsic_labels(kind)]
+            missing.append(f"labels[{key!r}]: not in {data_kind} data" + (f"; provide {' or '.join(where)}"
+                                                                           if where else ""))
+    uses_reference_model = ("ref_kl" in kernel_extras) or ("kl_estimate" in computed) or bool(mask_extras)
+    need_reference = needs.reference or uses_reference_model or bool(computed)
+    reference = _reference_kind(need_reference, reference_mode, lora)
+    if reference == PRECOMPUTED and uses_reference_model:
+        wanted = [x for x in ("ref_kl", "kl_estimate", *MASK_EXTRAS) if x in kernel_extras + computed + mask_extras]
+        missing.append(f"{', '.join(wanted)}: needs the reference model on device (KL to its next-token "
+                       "distribution, mismatched pairs drawn per batch, or its activations); set "
+                       "train.reference='model'")
+    if missing:
+        raise RefusedObjective(f"`jalign train` cannot serve {name}:\n  - " + "\n  - ".join(missing))
+    return Plan(reference=reference, kernel_extras=tuple(kernel_extras), data_labels=tuple(data_labels),
+                computed_labels=tuple(computed), mask_extras=tuple(mask_extras))
+
+
+def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:
+    """Per-token reference log-probs ``[B, G, R]`` and, from a model, its frozen view."""
+    if plan.reference == NONE:
+        return None, None
+    if plan.reference == PRECOMPUTED:
+        return jnp.asarray(batch["reference_logprobs"], jnp.float32), None
+    view = frozen(encode_responses(reference, batch, layers=bool(plan.mask_extras)))
+    return token_logprobs(view, batch["response_tokens"], impl=impl).logprobs, view
+
+
+def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, *, impl: str = "auto",
+                   guide: Any | None = None, top_k: int | None = None) -> LogProbs:
+    """The objective's input for one batch, assembled as ``plan`` says.
+
+    Args:
+      plan: from :func:`plan_inputs`.
+      policy: the trained decoder.
+      reference: the reference decoder (``"frozen"`` and ``"lora_base"`` plans), else ``None``.
+      batch: a collated batch (``jalign.data.collate.Collator``), with
+        ``reference_logprobs`` for a ``"precomputed"`` plan.
+      impl: the kernel implementation.
+      guide: the guide decoder when the plan computes ``guide_log_ratio``.
+      top_k: k for the top-k extras.
+
+    Returns:
+      ``LogProbs`` with ``[B, G, R]`` fields.
+    """
+    own = encode_responses(policy, batch)
+    ref_logprobs, ref_view = _reference_logprobs(plan, reference, batch, impl)
+    out = token_logprobs(own, batch["response_tokens"], extras=plan.kernel_extras, impl=impl, top_k=top_k,
+                         kl_to=ref_view if "ref_kl" in plan.kernel_extras else None)
+    extras = {name: getattr(out, name) for name in plan.kernel_extras}
+    extras.update(_mask_extras(plan, policy, ref_view))
+    labels = dict(batch.get("labels", {}))
+    if "kl_estimate" in plan.computed_labels:
+        labels["kl_estimate"] = mismatched_kl_estimate(policy, reference, batch, impl=impl)
+    if plan.needs_guide:
+        labels[GUIDE_LABEL] = guide_log_ratio(guide, batch, ref_logprobs, impl=impl)
+    return LogProbs(
+        policy=out.logprobs, mask=own.target_mask.astype(jnp.float32),
+        reference=None if ref_logprobs is None else jax.lax.stop_gradient(ref_logprobs),
+        extras=extras, labels=labels)
+
+
+def _mask_extras(plan: Plan, policy: Any, ref_view: Responses | None) -> dict:
+    """SparsePO's masks, both read from the reference model's per-layer states."""
+    out = {}
+    if "token_mask_logits" in plan.mask_extras:
+        out["token_mask_logits"] = learned_token_mask(policy, ref_view)
+    if "reference_token_mask" in plan.mask_extras:
+        out["reference_token_mask"] = reference_token_mask(ref_view)
+    return out
