@@ -6,14 +6,17 @@ the logits z (and of the reference logits zq):
 
     m    running max of z                      s0  sum exp(z - m)
     s1   sum exp(z - m) (z - m)                tgt z[target]
+    s2   sum exp(2 (z - m))
     mq   running max of zq                     sq0 sum exp(zq - mq)
     u    sum exp(zq - mq) (zq - z)             topk  the k largest z so far
 
 All statistics are kept relative to the running max, so the finalisation is
-free of cancellation at any logit scale:
+free of overflow and cancellation at any logit scale (a new max m' rescales
+s0 by exp(m - m') and s2 by its square):
 
     lse      = m + log s0
     entropy  = log s0 - s1 / s0                      (= lse - E_p[z])
+    log_prob_sq_sum = log s2 - 2 log s0              (= log sum_v p_v^2)
     ref_kl   = u / sq0 - (lse_q - lse)               (= KL(q || p))
 
 The functions here are plain `jnp` on per-row vectors ``[n]`` and tiles
@@ -28,21 +31,23 @@ import numpy as np
 
 # Finite stand-in for -inf: keeps `0 * mask` and `mask - mask` NaN-free.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy")
+EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy",
+          "log_prob_sq_sum")
 
 
 class Stats(NamedTuple):
     """Running statistics of one block of tokens; fields are ``[n]`` fp32.
 
-    ``s1`` is None without entropy, ``mq``, ``sq0``, ``u`` without a
-    reference head and ``topk`` (``[n, width]``, ``width >= k``) without
-    top-k extras.
+    ``s1`` is None without entropy, ``s2`` without log_prob_sq_sum, ``mq``,
+    ``sq0``, ``u`` without a reference head and ``topk`` (``[n, width]``,
+    ``width >= k``) without top-k extras.
     """
 
     m: jax.Array
     s0: jax.Array
     tgt: jax.Array
     s1: jax.Array | None = None
+    s2: jax.Array | None = None
     mq: jax.Array | None = None
     sq0: jax.Array | None = None
     u: jax.Array | None = None
@@ -66,11 +71,19 @@ def project(hidden, weight, bias, softcap, precision=None):
     return y
 
 
-def init(n, *, entropy, with_ref, topk_width):
+def row_fields(*, entropy, sq_sum, with_ref):
+    """Names of the ``[n]`` fields of `Stats` in use, in `Stats` order."""
+    return (("m", "s0", "tgt") + (("s1",) if entropy else ())
+            + (("s2",) if sq_sum else ())
+            + (("mq", "sq0", "u") if with_ref else ()))
+
+
+def init(n, *, entropy, sq_sum, with_ref, topk_width):
     """Statistics of an empty vocabulary for ``n`` tokens."""
     zeros = jnp.zeros((n,), jnp.float32)
     low = jnp.full((n,), MASK_VALUE, jnp.float32)
-    st = Stats(low, zeros, zeros, s1=zeros if entropy else None)
+    st = Stats(low, zeros, zeros, s1=zeros if entropy else None,
+               s2=zeros if sq_sum else None)
     if with_ref:
         st = st._replace(mq=low, sq0=zeros, u=zeros)
     if topk_width:
@@ -106,6 +119,9 @@ def update(st, z, zq, valid, hit, *, top_k):
         ed = jnp.where(e > 0, e * d, 0.0)
         new = new._replace(s1=alpha * (st.s1 + (st.m - m) * st.s0)
                            + jnp.sum(ed, axis=1))
+    if st.s2 is not None:
+        # e <= 1, so e * e only underflows (for terms that cannot matter).
+        new = new._replace(s2=alpha * alpha * st.s2 + jnp.sum(e * e, axis=1))
     if zq is not None:
         zq = jnp.where(valid, zq, MASK_VALUE)
         mq = jnp.maximum(st.mq, jnp.max(zq, axis=1))
@@ -195,6 +211,8 @@ def _merge(st, vmax, vsum, top_union):
     new = Stats(m, vsum(a * st.s0), vsum(st.tgt))
     if st.s1 is not None:
         new = new._replace(s1=vsum(a * (st.s1 + (st.m - m) * st.s0)))
+    if st.s2 is not None:
+        new = new._replace(s2=vsum(a * a * st.s2))
     if st.mq is not None:
         mq = vmax(st.mq)
         aq = jnp.exp(st.mq - mq)
@@ -235,13 +253,16 @@ def finalize(st, *, top_k):
 
     Returns:
         dict with ``logprobs``, ``lse`` and, when available, ``entropy``,
-        ``ref_kl``, ``lse_q``, ``topk_mass``, ``topk_entropy``; all ``[n]``.
+        ``log_prob_sq_sum``, ``ref_kl``, ``lse_q``, ``topk_mass``,
+        ``topk_entropy``; all ``[n]``.
     """
     log_s0 = jnp.log(st.s0)
     lse = st.m + log_s0
     out = {"logprobs": st.tgt - lse, "lse": lse}
     if st.s1 is not None:
         out["entropy"] = log_s0 - st.s1 / st.s0
+    if st.s2 is not None:
+        out["log_prob_sq_sum"] = jnp.log(st.s2) - 2.0 * log_s0
     if st.mq is not None:
         lse_q = st.mq + jnp.log(st.sq0)
         out["lse_q"] = lse_q

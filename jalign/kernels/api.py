@@ -32,7 +32,8 @@ _DIFFERENTIABLE = ("logprobs", "entropy", "ref_kl")
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["logprobs", "entropy", "ref_kl", "topk_mass",
-                                "topk_entropy"], meta_fields=[])
+                                "topk_entropy", "log_prob_sq_sum"],
+                   meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class TokenLogProbs:
     """Per-token outputs, each ``[...]`` fp32 (the leading dims of hidden).
@@ -40,8 +41,11 @@ class TokenLogProbs:
     ``logprobs`` is log pi(target); ``entropy`` the entropy of pi; ``ref_kl``
     KL(pi_ref || pi) of the next-token distributions (TDPO's direction);
     ``topk_mass`` the probability of the k likeliest tokens and
-    ``topk_entropy`` ``-sum_{top k} p log p``. Unrequested extras are None;
-    masked positions are 0. ``topk_*`` are diagnostics: no gradient.
+    ``topk_entropy`` ``-sum_{top k} p log p``; ``log_prob_sq_sum`` is
+    ``log sum_v pi(v)^2`` (WPO's calibrated weight, Zhou et al. 2024).
+    Unrequested extras are None; masked positions are 0. ``topk_*`` are
+    diagnostics and ``log_prob_sq_sum`` a constant of the objective (used
+    inside a stop-gradient weight): they carry no gradient.
     """
 
     logprobs: jax.Array
@@ -49,6 +53,7 @@ class TokenLogProbs:
     ref_kl: jax.Array | None = None
     topk_mass: jax.Array | None = None
     topk_entropy: jax.Array | None = None
+    log_prob_sq_sum: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +105,10 @@ def sequence_logprobs(hidden, weight, targets, mask, *, bias=None,
             ``[Hr, V]``, ``[V]``; needed for ``ref_kl``; constants (no
             gradient). The reference uses the same ``softcap``.
         extras: tuple of names from ("entropy", "ref_kl", "topk_mass",
-            "topk_entropy").
+            "topk_entropy", "log_prob_sq_sum"); the last is
+            ``log sum_v pi(v)^2`` per token, the statistic of WPO's
+            calibrated weight (Zhou et al., *WPO: Enhancing RLHF with
+            Weighted Preference Optimization*, 2024).
         top_k: k for the ``topk_*`` extras.
         impl: one of "auto", "pallas_tpu", "pallas_gpu", "chunked", "naive".
         block_n, block_v: tile sizes (None: the implementation's default).
@@ -110,7 +118,8 @@ def sequence_logprobs(hidden, weight, targets, mask, *, bias=None,
     Returns:
         `TokenLogProbs` with ``[...]`` fp32 fields. Gradients flow to
         ``hidden``, ``weight`` and ``bias`` through logprobs, entropy and
-        ref_kl.
+        ref_kl only; ``topk_*`` and ``log_prob_sq_sum`` have zero gradient
+        (treat them as constants).
     """
     lead = hidden.shape[:-1]
     _check_args(hidden, weight, targets, mask, bias, ref_hidden, ref_weight,
@@ -206,6 +215,7 @@ def _fused_op(cfg):
         st = mod.forward(inputs, n_valid, block_sizes=cfg.block_sizes,
                          softcap=cfg.softcap, top_k=cfg.top_k,
                          entropy="entropy" in cfg.extras,
+                         sq_sum="log_prob_sq_sum" in cfg.extras,
                          with_ref=cfg.with_ref, **kw)
         if cfg.vocab_axis is not None:
             st = _online.combine(st, cfg.vocab_axis)

@@ -89,7 +89,7 @@ def _tiles(inputs, blk, bn, j, bv, *, softcap, with_ref):
 
 
 def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
-            with_ref):
+            sq_sum, with_ref):
     """Raw online statistics of every token over this vocabulary (shard).
 
     Args:
@@ -117,8 +117,8 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
             hit = fresh & (cols == tb)
             return _online.update(st, z, zq, fresh, hit, top_k=top_k)
 
-        st = _online.init(bn, entropy=entropy, with_ref=with_ref,
-                          topk_width=width)
+        st = _online.init(bn, entropy=entropy, sq_sum=sq_sum,
+                          with_ref=with_ref, topk_width=width)
         st = jax.lax.fori_loop(0, n_vtiles, tile,
                                _online.match_vma(st, *inputs))
         row0 = jnp.minimum(blk * bn, h.shape[0] - bn)
@@ -126,8 +126,8 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
             lambda o, s: jax.lax.dynamic_update_slice_in_dim(o, s, row0, 0),
             out, st)
 
-    out = _online.init(h.shape[0], entropy=entropy, with_ref=with_ref,
-                       topk_width=width)
+    out = _online.init(h.shape[0], entropy=entropy, sq_sum=sq_sum,
+                       with_ref=with_ref, topk_width=width)
     out = _online.match_vma(out, *inputs)
     n_blocks = _num_blocks(n_valid, bn)
     return jax.lax.while_loop(

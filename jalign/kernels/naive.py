@@ -43,6 +43,9 @@ def naive_sequence_logprobs(hidden, weight, targets, mask, *, bias=None,
         logp, targets[:, None].astype(jnp.int32), axis=1)[:, 0]}
     if "entropy" in extras:
         out["entropy"] = -jnp.sum(p * logp, axis=1)
+    if "log_prob_sq_sum" in extras:
+        out["log_prob_sq_sum"] = jax.lax.stop_gradient(
+            jax.nn.logsumexp(2.0 * logp, axis=1))
     if "ref_kl" in extras:
         logq = jax.nn.log_softmax(full_logits(
             jax.lax.stop_gradient(ref_hidden),

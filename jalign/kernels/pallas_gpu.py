@@ -83,7 +83,7 @@ class BlockSizes:
 
 
 def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
-            with_ref, interpret=False):
+            sq_sum, with_ref, interpret=False):
     """Raw online statistics of every token (see `chunked.forward`).
 
     Args:
@@ -107,8 +107,8 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
     if n % bs.block_n or v < MIN_DOT:
         raise ValueError(f"need rows % block_n == 0 and V >= {MIN_DOT}; got "
                          f"{n=} {bs.block_n=} {v=}")
-    fields = (("m", "s0", "tgt") + (("s1",) if entropy else ())
-              + (("mq", "sq0", "u") if with_ref else ()))
+    fields = _online.row_fields(entropy=entropy, sq_sum=sq_sum,
+                                with_ref=with_ref)
     width = max(pl.next_power_of_2(top_k), MIN_DOT) if top_k else 0
     ops = (h, w, b) + ((rh, rw, rb) if with_ref else ()) + (targets,)
     ops = _online.match_vma(ops, *ops)
@@ -125,7 +125,7 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
     kernel = functools.partial(
         _kernel, block_n=bs.block_n, block_v=bv, block_k=bs.block_k,
         per_split=per_split, softcap=softcap, top_k=top_k, width=width,
-        entropy=entropy, with_ref=with_ref)
+        entropy=entropy, sq_sum=sq_sum, with_ref=with_ref)
     outs = pl.pallas_call(
         kernel,
         grid=(n // bs.block_n, n_splits),
@@ -161,7 +161,7 @@ def _logits(h_ref, w_ref, b_ref, rows, col0, *, block_n, block_v, block_k):
 
 
 def _kernel(nv_ref, *refs, block_n, block_v, block_k, per_split, softcap,
-            top_k, width, entropy, with_ref):
+            top_k, width, entropy, sq_sum, with_ref):
     """Token block i against vocabulary tiles [s * per_split, +per_split).
 
     Refs: h [N, H], w [H, V], b [V], (rh, rw, rb), targets [N] (whole
@@ -193,8 +193,8 @@ def _kernel(nv_ref, *refs, block_n, block_v, block_k, per_split, softcap,
             hit = fresh & (cols == tgt[:, None])             # [bn, bv]
             return _online.update(st, z, zq, fresh, hit, top_k=top_k)
 
-        st = _online.init(block_n, entropy=entropy, with_ref=with_ref,
-                          topk_width=width)
+        st = _online.init(block_n, entropy=entropy, sq_sum=sq_sum,
+                          with_ref=with_ref, topk_width=width)
         st = jax.lax.fori_loop(0, per_split,
                                lambda t, st: tile(s * per_split + t, st), st)
         for ref, x in zip(outs, [f for f in st if f is not None]):

@@ -61,7 +61,7 @@ class BlockSizes:
 
 
 def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
-            with_ref, interpret=False):
+            sq_sum, with_ref, interpret=False):
     """Raw online statistics of every token (see `chunked.forward`).
 
     Args:
@@ -84,10 +84,12 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
     grid = (n // bn, pl.cdiv(v, bv))
     ops, specs = _operands(inputs, bn, bv, grid[1], with_ref)
     out = _online.out_struct((n, LANES), jnp.float32, ops[0])
-    fields = _fields(entropy, with_ref, top_k)
+    fields = _online.row_fields(entropy=entropy, sq_sum=sq_sum,
+                                with_ref=with_ref)
+    fields += ("topk",) if top_k else ()
     kernel = functools.partial(
         _kernel, fields=fields, block_v=bv, vocab=v, softcap=softcap,
-        top_k=top_k, entropy=entropy, with_ref=with_ref)
+        top_k=top_k, entropy=entropy, sq_sum=sq_sum, with_ref=with_ref)
     outs = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -140,14 +142,8 @@ def _out_map(i, j, nv_ref):
     return i, 0
 
 
-def _fields(entropy, with_ref, top_k):
-    names = ["m", "s0", "tgt"] + (["s1"] if entropy else [])
-    names += ["mq", "sq0", "u"] if with_ref else []
-    return tuple(names + (["topk"] if top_k else []))
-
-
 def _kernel(nv_ref, *refs, fields, block_v, vocab, softcap, top_k, entropy,
-            with_ref):
+            sq_sum, with_ref):
     """One (token block i, vocabulary tile j) step; refs are inputs then outs.
 
     Inputs: h [bn, H], w [H, bv], b [1, bv], (rh [bn, Hr], rw [Hr, bv],
@@ -163,7 +159,8 @@ def _kernel(nv_ref, *refs, fields, block_v, vocab, softcap, top_k, entropy,
     def _step():
         @pl.when(j == 0)
         def _init():
-            st = _online.init(bn, entropy=entropy, with_ref=with_ref,
+            st = _online.init(bn, entropy=entropy, sq_sum=sq_sum,
+                              with_ref=with_ref,
                               topk_width=LANES if top_k else 0)
             _store(outs, st)
 

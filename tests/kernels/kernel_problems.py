@@ -13,7 +13,8 @@ import numpy as np
 
 from jalign.kernels import sequence_logprobs
 
-ALL_EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy")
+ALL_EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy",
+              "log_prob_sq_sum")
 FIELDS = ("logprobs",) + ALL_EXTRAS
 
 
@@ -60,6 +61,22 @@ def _run(prob, **kw):
     p = dict(prob)
     return sequence_logprobs(p.pop("hidden"), p.pop("weight"),
                              p.pop("targets"), p.pop("mask"), **p, **kw)
+
+
+def log_prob_sq_sum_reference(prob, *, softcap=None):
+    """``log sum_v softmax(z)_v^2`` per token, 0 where masked, from full
+    fp32 logits of the inputs upcast to fp32: `jax.nn` directly, not the
+    kernels (nor their naive implementation)."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    z = jnp.dot(f32(prob["hidden"]), f32(prob["weight"]),
+                precision=jax.lax.Precision.HIGHEST)
+    if "bias" in prob:
+        z = z + f32(prob["bias"])
+    if softcap is not None:
+        z = softcap * jnp.tanh(z / softcap)
+    logp = jax.nn.log_softmax(z)
+    return jnp.where(prob["mask"], jax.nn.logsumexp(2.0 * logp, axis=-1),
+                     0.0)
 
 
 def assert_outputs_close(got, want, *, rtol, atol):

@@ -12,7 +12,8 @@ import pytest
 from jalign.kernels import sequence_logprobs
 
 N, H, V = 64, 128, 1000
-EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy")
+EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy",
+          "log_prob_sq_sum")
 # Triton custom calls carry no cross-version compatibility guarantee.
 TRITON_CHECK = jax.export.DisabledSafetyCheck.custom_call(
     "__gpu$xla.gpu.triton")
@@ -23,7 +24,9 @@ def _export(impl, platform, dtype):
         out = sequence_logprobs(h, w, t, m, bias=b, softcap=30.0,
                                 ref_hidden=rh, ref_weight=rw, extras=EXTRAS,
                                 top_k=8, impl=impl)
-        return jnp.sum(out.logprobs + out.entropy - out.ref_kl)
+        # log_prob_sq_sum is summed too so that it is not dead code.
+        return jnp.sum(out.logprobs + out.entropy - out.ref_kl
+                       + out.log_prob_sq_sum)
 
     spec = jax.ShapeDtypeStruct
     args = (spec((N, H), dtype), spec((H, V), dtype), spec((V,), jnp.float32),
@@ -36,8 +39,9 @@ def _export(impl, platform, dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_tpu_lowers_for_tpu(dtype):
-    """Forward and backward export for platforms=['tpu']; the module holds
-    the Mosaic kernel as a tpu_custom_call."""
+    """Forward and backward export for platforms=['tpu'] with every extra
+    (log_prob_sq_sum included); the module holds the Mosaic kernel as a
+    tpu_custom_call."""
     exported = _export("pallas_tpu", "tpu", dtype)
     assert exported.platforms == ("tpu",)
     assert "tpu_custom_call" in exported.mlir_module()
@@ -45,8 +49,9 @@ def test_pallas_tpu_lowers_for_tpu(dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_gpu_lowers_for_cuda(dtype):
-    """Forward and backward export for platforms=['cuda']; the module holds
-    the Triton kernel as a custom call."""
+    """Forward and backward export for platforms=['cuda'] with every extra
+    (log_prob_sq_sum included); the module holds the Triton kernel as a
+    custom call."""
     exported = _export("pallas_gpu", "cuda", dtype)
     assert exported.platforms == ("cuda",)
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()

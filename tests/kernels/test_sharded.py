@@ -64,9 +64,10 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_matches_full_logits_on_8_devices():
     """Tokens over (data=2), vocabulary over (tensor=4): values of every
-    output equal the naive full-logits computation (1e-5) for the chunked
-    op and the Pallas TPU kernel in interpret mode; gradients of
-    hidden/weight/bias through the chunked op too. (Every implementation
+    output (log_prob_sq_sum's cross-shard (m, s0, s2) merge included) equal
+    the naive full-logits computation (1e-5) for the chunked op and the
+    Pallas TPU kernel in interpret mode; gradients of hidden/weight/bias
+    through the chunked op too. (Every implementation
     shares that backward pass; the interpreter cannot run it under
     check_vma, see `sharded_sequence_logprobs`.)"""
     here = os.path.dirname(os.path.abspath(__file__))
