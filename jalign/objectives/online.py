@@ -243,7 +243,8 @@ class NashMDPG(Objective):
 @objective(
     "sppo",
     citation="Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, "
-    "the SPPO loss (squared log-ratio against the previous iterate)",
+    "Sec. 4 and Algorithm 1 (square loss with log Z replaced by eta/2); eta = 1/beta with the "
+    "authors' beta = 0.001 (uclaml/SPPO scripts/pipeline.sh)",
     requires=Requirements(responses=SINGLE, reference=True, labels=("win_prob",)),
 )
 class SPPO(Objective):
@@ -254,11 +255,30 @@ class SPPO(Objective):
 
     The ``reference`` slot holds the previous iterate pi_t (the declaration's
     ``reference="previous"``); ``labels["win_prob"]`` ``[B, 1]`` is P(y ≻ pi_t).
-    Its minimiser is ``pi ∝ pi_t exp(eta P(. ≻ pi_t))``, a multiplicative-weights step.
+
+    ``eta`` is the paper's step size. The authors' code calls its inverse
+    ``beta`` (uclaml/SPPO ``sppo/trainer.py``, ``loss_type="sppo"``:
+    ``(logits_w - (1/beta)(chosen_probs_win - 0.5))**2`` averaged with the same
+    term for ``y_l``), so ``eta = 1 / beta``; :class:`~jalign.objectives.anchored.SPPOHard`
+    keeps their ``beta``. Default ``eta = 1000``: the authors' ``BETA="0.001"``
+    in ``scripts/pipeline.sh``, which every ``run_sppo_*.sh`` script uses. On a
+    pair, the mean of this loss over ``y_w`` and ``y_l`` is exactly their loss.
+
+    The loss is Wu et al.'s regression onto the multiplicative-weights step
+    ``pi_{t+1} ∝ pi_t exp(eta P(. ≻ pi_t))``, whose log-ratio is
+    ``eta P(y ≻ pi_t) - log Z_t``, with ``log Z_t`` replaced by ``eta / 2``.
+    Because ``E_{pi_t} P(y ≻ pi_t) = 1/2``, Jensen gives ``log Z_t >= eta/2``
+    (``log Z_t = eta/2 + eta^2 Var_{pi_t}(P)/2 + O(eta^3)``), with equality only
+    when ``P(. ≻ pi_t)`` is constant on the support of pi_t. So the loss's
+    minimiser over normalised policies is the multiplicative-weights step only
+    approximately: it satisfies ``log(pi/pi_t) = eta (P - 1/2) + c pi/pi_t``
+    with one constant ``c <= 0`` fixed by normalisation (``c = 0`` exactly when
+    ``log Z_t = eta/2``): the largest ratios are pulled down most, where the
+    multiplicative-weights step lowers every log-ratio by ``log Z_t - eta/2``.
     """
 
     sampling = Sampling(responses=(PREVIOUS,), labels=("win_prob",), opponent=PREVIOUS, reference=PREVIOUS)
-    eta: float = 1.0
+    eta: float = 1000.0
 
     def compute(self, lp: LogProbs):
         ratio = log_ratios(lp)[:, 0]
