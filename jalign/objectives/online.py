@@ -139,7 +139,11 @@ class OnlineIPO(Objective):
 class IPOMD(Objective):
     """IPO-MD: online IPO with both responses from ``sg(pi)^(1-b) ref^b`` (``b = mixture``).
 
-    Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO.
+    Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO. With
+    the mixture ``mu = pi^b`` held fixed, the loss's minimiser is
+    ``pi ∝ ref exp(P(. ≻ mu) / tau)``, so the stationary point of training with
+    a constant ``b`` is the biased fixed point of :class:`NashMD` (with
+    ``beta = tau``), not the regularised Nash equilibrium, unless ``b = 0``.
     """
 
     sampling = Sampling(responses=(MIXTURE, MIXTURE), labels=("preference",))
@@ -175,9 +179,35 @@ class NashMD(Objective):
     ``labels["win_prob"]`` holds each response's win probability against the
     mixture. For softmax logits with uniform ``mu`` over ``K`` actions, an SGD
     step of size ``lr`` gives ``log pi' = (1 - a) log pi + a log ref + (a / beta) P pi^b``
-    (up to normalisation) with ``a = 4 lr / K``: Munos et al.'s Nash-MD step with
-    ``eta tau = a``, exact when ``mixture = a``. ``mixture = 0`` is online
-    mirror descent ("online IPO 1" in the EGPO paper).
+    (up to normalisation) with ``a = 4 lr / K``: Munos et al.'s Nash-MD step
+    (mirror descent against ``pi_t^(1 - eta tau) ref^(eta tau)``) with
+    ``tau = beta``, ``eta tau = a``, exact when ``mixture = a``. ``mixture = 0``
+    is online mirror descent ("online IPO 1" in the EGPO paper).
+
+    Bias of a constant mixture. Munos et al. tie the mixture to the step,
+    ``b = eta tau``, and let ``eta`` decrease (``eta = log T / (tau T)`` in their
+    last-iterate theorem). The objective sees no step size, so ``mixture`` is
+    its own hyperparameter, and with a constant ``b`` the iteration above has,
+    for every ``lr``, the fixed point
+
+    .. math::
+        \\bar\\pi_b \\propto \\pi_{ref} \\exp\\big(P(\\cdot \\succ \\bar\\pi_b^b) / \\beta\\big),
+        \\quad \\bar\\pi_b^b \\propto \\bar\\pi_b^{1-b} \\pi_{ref}^b,
+
+    which is also the fixed point of exact Nash-MD with the constant step
+    ``eta = b / beta``. It is the regularised Nash equilibrium
+    ``pi* ∝ ref exp(P(. ≻ pi*) / beta)`` only when ``b = 0``; otherwise it is
+    the regularised best response to a geometric mixture of itself and the
+    reference (the per-step bound ``KL_{t+1} <= (1 - eta tau) KL_t + 2 eta^2``
+    of Munos et al.'s theorem only places it within
+    ``KL(pi*, pi_bar) <= 2 eta / tau = 2 b / beta^2``).
+    :class:`IPOMD` and :class:`NashMDPG` with the same ``b`` stop at the same
+    point. The default ``mixture = 0.1`` is therefore not a published setting:
+    it is a fixed, moderate mixture for runs (LLM training) where no
+    ``lr -> a`` correspondence exists, at the price of that bias. For the
+    paper's algorithm on a tabular game set ``mixture = 4 lr / K`` (as
+    ``experiments/reproduce/nash_md.py`` does); for the regularised
+    equilibrium itself use ``mixture = 0`` or :class:`EGPO`.
     """
 
     sampling = Sampling(responses=(UNIFORM, UNIFORM), labels=("win_prob",), opponent=MIXTURE)
@@ -226,7 +256,8 @@ class NashMDPG(Objective):
 
     Response 0 is from the policy, response 1 from the mixture;
     ``labels["preference"]`` = P(y_0 ≻ y_1). Its gradient is the policy
-    gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``.
+    gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``. With a constant
+    ``mixture`` it stops at the biased fixed point described in :class:`NashMD`.
     """
 
     sampling = Sampling(responses=(POLICY, MIXTURE), labels=("preference",))
