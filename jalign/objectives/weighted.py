@@ -179,6 +179,16 @@ class LDDPO(Objective):
     for both the policy and the reference, then the DPO loss on
     ``h = log pi_hat_theta/pi_hat_ref (y_w) - (same for y_l)``. ``alpha = 1`` is
     DPO; the paper tunes ``alpha`` per model in ``[0, 1]``.
+
+    The reference's tail is down-weighted too: the margin is DPO's on
+    token-weighted log-ratios, so it is 0 at ``pi_theta = pi_ref`` (loss
+    ``log 2``) for every ``alpha``, as in DPO. This is TRL 1.16's ``ld_alpha``
+    (``trl/trainer/dpo_trainer.py``: the same shared/tail masks give
+    ``ref_logps = ref_shared_logps + ld_alpha * ref_tail_logps``). TRL's first
+    LD-DPO implementation (PR #3458) and LLaMA-Factory weight the policy only;
+    their margin is this one minus ``(1 - alpha)(T_w - T_l)``, with ``T`` the
+    reference's tail log-prob sum (0 for the shorter response): a fixed
+    per-pair offset that raises the longer response's implicit reward.
     """
 
     beta: float = 0.1
