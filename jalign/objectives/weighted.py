@@ -107,7 +107,9 @@ def wpo_loss(margin: Array, log_weights: Array, *, beta, max_weight=float("inf")
       log_weights: ``[B, 2]`` ``log w(y)`` of chosen and rejected.
       beta: KL-regularisation strength.
       max_weight: cap on the pair weight; ``inf`` (default) is the paper's
-        uncapped weight, 1 reproduces TRL's ``use_weighting``.
+        uncapped weight, which TRL 1.16's ``use_weighting`` also uses; 1
+        reproduces TRL before its DPO refactor (PR #3906, 2026), which clipped
+        the pair weight at 1.
 
     Returns:
       ``[B]`` float32 losses.
@@ -125,7 +127,7 @@ def wpo_loss(margin: Array, log_weights: Array, *, beta, max_weight=float("inf")
 @objective(
     "wpo",
     citation="Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, "
-    "Eq. 2 (sampled-alignment weight); max_weight=1 reproduces TRL's capped weights",
+    "Eq. 2 (sampled-alignment weight), uncapped as in TRL 1.16's use_weighting",
     requires=Requirements(responses=PAIR, reference=True, extras=(LOG_PROB_SQ_SUM,)),
 )
 class WPO(Objective):
@@ -133,9 +135,13 @@ class WPO(Objective):
 
     ``w`` is the policy's length-normalised, per-token calibrated likelihood
     (see :func:`wpo_loss`); it needs ``extras["log_prob_sq_sum"]``. The paper
-    writes the weight uncapped (the default); TRL caps the pair weight at 1
-    (``max_weight = 1``). For a valid calibration the per-token ratio is at most
-    the vocabulary size, so the weight stays finite.
+    writes the weight uncapped (the default), and so does TRL 1.16's
+    ``use_weighting`` (``trl/trainer/dpo_trainer.py``: ``weights =
+    exp(mean_logps)``, the loss multiplied by the chosen and rejected weights,
+    no clamp); TRL before its DPO refactor (PR #3906, 2026) clipped the pair
+    weight at 1, which ``max_weight = 1`` reproduces. For a valid calibration
+    the per-token ratio is at most the vocabulary size, so the weight stays
+    finite.
     """
 
     beta: float = 0.1

@@ -69,7 +69,9 @@ def test_dpop_with_zero_lambda_is_dpo():
 
 
 def test_wpo_matches_hand_formula():
-    """Zhou et al. Eq. 2: w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2]); TRL caps w_w w_l at 1."""
+    """Zhou et al. Eq. 2: w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2]), the pair loss times w_w w_l
+    with no cap by default, as TRL 1.16's use_weighting computes it; max_weight=1 is TRL's pre-#3906 clip."""
+    assert WPO().max_weight == float("inf")
     policy, reference, mask = _token_batch()
     sq = np.stack([np.full(policy.shape[1:], -0.6), np.full(policy.shape[1:], -1.5)])
     beta = 0.5
