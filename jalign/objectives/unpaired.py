@@ -207,7 +207,8 @@ class BCO(Objective):
     for a fixed shift, pass a number (a traced hyperparameter, so a trainer
     can update it each step without recompiling); ``delta = 0`` is no shift.
     Like KTO's ``z0``, the estimate is a batch-level quantity weighted by
-    ``labels["example_weight"]``.
+    ``labels["example_weight"]``; on a one-response batch it equals that
+    response's reward, so the loss is ``log 2`` there (its gradient is not 0).
 
     Not implemented: the paper's underlying-distribution-matching density-ratio
     reweighting, which needs a separate prompt classifier; it can be applied
