@@ -134,7 +134,12 @@ class SPPOHard(Objective):
     - :math:`(\beta r_w - \tfrac12)^2 + (\beta r_l + \tfrac12)^2` is
       ``2 beta^2`` times this loss.
 
-    Default ``beta = 0.001`` (``eta = 1000``), the authors' released setting.
+    ``beta`` is the authors' hyperparameter (their ``--beta``), the inverse of
+    SPPO's step size: ``eta = 1 / beta``, the ``eta`` of
+    :class:`~jalign.objectives.online.SPPO`, of which this is the special case
+    ``P(y_w ≻ pi_t) = 1``, ``P(y_l ≻ pi_t) = 0`` averaged over the pair. Default
+    ``beta = 0.001`` (``eta = 1000``): ``BETA="0.001"`` in uclaml/SPPO
+    ``scripts/pipeline.sh``, which every ``run_sppo_*.sh`` script uses.
     """
 
     beta: float = 0.001

@@ -85,8 +85,12 @@ class EXO(Objective):
 
     Mode-seeking where DPO (the forward KL between the same two
     distributions, up to a constant) is mean-seeking. Defaults
-    ``beta = 0.1``, ``label_smoothing = 1e-3`` (TRL's default for EXO). The
-    authors' code uses unnormalised log-labels ``(0, -10)``, which is this
+    ``beta = 0.1``, ``label_smoothing = 1e-3``: the value TRL 1.16 cites as
+    the paper's recommendation. TRL's own ``label_smoothing`` defaults to 0,
+    at which this KL is infinite; its ``DPOTrainer`` therefore raises for
+    ``loss_type="exo_pair"`` with ``label_smoothing = 0`` and recommends 1e-3
+    (``trl/trainer/dpo_trainer.py``), so any TRL EXO run sets it explicitly.
+    The authors' code uses unnormalised log-labels ``(0, -10)``, which is this
     loss at ``label_smoothing = 1 / (1 + e^10) ~ 4.5e-5`` plus a constant.
     Needs pairs (chosen first) and reference log-probs.
     """

@@ -68,6 +68,16 @@ def lipo_lambda_loss(rewards: Array, scores: Array, valid: Array | None = None) 
     ``s`` (the policy's own ranking, as in LambdaLoss). The weights are
     constants for the gradient.
 
+    Normalisation, as in the paper's LiPO-lambda loss: the per-list loss is a
+    sum over the ordered pairs (the objective then averages over lists), and
+    the gains are not divided by the list's ideal DCG. That ``1 / maxDCG``
+    belongs to LambdaLoss's NDCG form (Wang et al. 2018) and to TF-Ranking's
+    and Rax's ``normalize=True``; Rax's default pairwise reduction is a mean
+    over pairs. Either would rescale each list by a list-dependent constant.
+    The paper writes ``D(tau) = log(1 + tau)``; base 2 is the DCG convention
+    (and Rax's default discount), and another base scales every loss by the
+    same constant.
+
     Args:
       rewards: ``[B, G]`` implicit rewards ``s``.
       scores: ``[B, G]`` labels ``psi``.
@@ -78,7 +88,8 @@ def lipo_lambda_loss(rewards: Array, scores: Array, valid: Array | None = None) 
 
     References:
       Liu et al., *LiPO: Listwise Preference Optimization through
-      Learning-to-Rank*, 2024, Sec. 4 (the LiPO-lambda loss).
+      Learning-to-Rank*, 2024, Sec. 4 (the LiPO-lambda loss and its Lambda
+      weight).
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)

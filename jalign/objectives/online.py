@@ -105,7 +105,11 @@ class OnlineIPO(Objective):
 class IPOMD(Objective):
     """IPO-MD: online IPO with both responses from ``sg(pi)^(1-b) ref^b`` (``b = mixture``).
 
-    Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO.
+    Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO. With
+    the mixture ``mu = pi^b`` held fixed, the loss's minimiser is
+    ``pi ∝ ref exp(P(. ≻ mu) / tau)``, so the stationary point of training with
+    a constant ``b`` is the biased fixed point of :class:`NashMD` (with
+    ``beta = tau``), not the regularised Nash equilibrium, unless ``b = 0``.
     """
 
     tau: float = 0.1
@@ -142,9 +146,35 @@ class NashMD(Objective):
     ``labels["win_prob"]`` holds each response's win probability against the
     mixture. For softmax logits with uniform ``mu`` over ``K`` actions, an SGD
     step of size ``lr`` gives ``log pi' = (1 - a) log pi + a log ref + (a / beta) P pi^b``
-    (up to normalisation) with ``a = 4 lr / K``: Munos et al.'s Nash-MD step with
-    ``eta tau = a``, exact when ``mixture = a``. ``mixture = 0`` is online
-    mirror descent ("online IPO 1" in the EGPO paper).
+    (up to normalisation) with ``a = 4 lr / K``: Munos et al.'s Nash-MD step
+    (mirror descent against ``pi_t^(1 - eta tau) ref^(eta tau)``) with
+    ``tau = beta``, ``eta tau = a``, exact when ``mixture = a``. ``mixture = 0``
+    is online mirror descent ("online IPO 1" in the EGPO paper).
+
+    Bias of a constant mixture. Munos et al. tie the mixture to the step,
+    ``b = eta tau``, and let ``eta`` decrease (``eta = log T / (tau T)`` in their
+    last-iterate theorem). The objective sees no step size, so ``mixture`` is
+    its own hyperparameter, and with a constant ``b`` the iteration above has,
+    for every ``lr``, the fixed point
+
+    .. math::
+        \\bar\\pi_b \\propto \\pi_{ref} \\exp\\big(P(\\cdot \\succ \\bar\\pi_b^b) / \\beta\\big),
+        \\quad \\bar\\pi_b^b \\propto \\bar\\pi_b^{1-b} \\pi_{ref}^b,
+
+    which is also the fixed point of exact Nash-MD with the constant step
+    ``eta = b / beta``. It is the regularised Nash equilibrium
+    ``pi* ∝ ref exp(P(. ≻ pi*) / beta)`` only when ``b = 0``; otherwise it is
+    the regularised best response to a geometric mixture of itself and the
+    reference (the per-step bound ``KL_{t+1} <= (1 - eta tau) KL_t + 2 eta^2``
+    of Munos et al.'s theorem only places it within
+    ``KL(pi*, pi_bar) <= 2 eta / tau = 2 b / beta^2``).
+    :class:`IPOMD` and :class:`NashMDPG` with the same ``b`` stop at the same
+    point. The default ``mixture = 0.1`` is therefore not a published setting:
+    it is a fixed, moderate mixture for runs (LLM training) where no
+    ``lr -> a`` correspondence exists, at the price of that bias. For the
+    paper's algorithm on a tabular game set ``mixture = 4 lr / K`` (as
+    ``experiments/reproduce/nash_md.py`` does); for the regularised
+    equilibrium itself use ``mixture = 0`` or :class:`EGPO`.
     """
 
     beta: float = 0.1
@@ -195,7 +225,8 @@ class NashMDPG(Objective):
 
     Response 0 is from the policy, response 1 from the mixture;
     ``labels["preference"]`` = P(y_0 ≻ y_1). Its gradient is the policy
-    gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``.
+    gradient of ``P(pi ≻ pi^b) - beta KL(pi, ref)``. With a constant
+    ``mixture`` it stops at the biased fixed point described in :class:`NashMD`.
     """
 
     beta: float = 0.1
@@ -212,7 +243,8 @@ class NashMDPG(Objective):
     "sppo",
     strength="eta",
     citation="Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, "
-    "the SPPO loss (squared log-ratio against the previous iterate)",
+    "Sec. 4 and Algorithm 1 (square loss with log Z replaced by eta/2); eta = 1/beta with the "
+    "authors' beta = 0.001 (uclaml/SPPO scripts/pipeline.sh)",
     requires=Requirements(responses=SINGLE, reference=True, labels=("win_prob",)),
     sampling=Sampling(responses=(PREVIOUS,), labels=("win_prob",), opponent=PREVIOUS, reference=PREVIOUS),
 )
@@ -224,10 +256,29 @@ class SPPO(Objective):
 
     The ``reference`` slot holds the previous iterate pi_t (the declaration's
     ``reference="previous"``); ``labels["win_prob"]`` ``[B, 1]`` is P(y ≻ pi_t).
-    Its minimiser is ``pi ∝ pi_t exp(eta P(. ≻ pi_t))``, a multiplicative-weights step.
+
+    ``eta`` is the paper's step size. The authors' code calls its inverse
+    ``beta`` (uclaml/SPPO ``sppo/trainer.py``, ``loss_type="sppo"``:
+    ``(logits_w - (1/beta)(chosen_probs_win - 0.5))**2`` averaged with the same
+    term for ``y_l``), so ``eta = 1 / beta``; :class:`~jalign.objectives.anchored.SPPOHard`
+    keeps their ``beta``. Default ``eta = 1000``: the authors' ``BETA="0.001"``
+    in ``scripts/pipeline.sh``, which every ``run_sppo_*.sh`` script uses. On a
+    pair, the mean of this loss over ``y_w`` and ``y_l`` is exactly their loss.
+
+    The loss is Wu et al.'s regression onto the multiplicative-weights step
+    ``pi_{t+1} ∝ pi_t exp(eta P(. ≻ pi_t))``, whose log-ratio is
+    ``eta P(y ≻ pi_t) - log Z_t``, with ``log Z_t`` replaced by ``eta / 2``.
+    Because ``E_{pi_t} P(y ≻ pi_t) = 1/2``, Jensen gives ``log Z_t >= eta/2``
+    (``log Z_t = eta/2 + eta^2 Var_{pi_t}(P)/2 + O(eta^3)``), with equality only
+    when ``P(. ≻ pi_t)`` is constant on the support of pi_t. So the loss's
+    minimiser over normalised policies is the multiplicative-weights step only
+    approximately: it satisfies ``log(pi/pi_t) = eta (P - 1/2) + c pi/pi_t``
+    with one constant ``c <= 0`` fixed by normalisation (``c = 0`` exactly when
+    ``log Z_t = eta/2``): the largest ratios are pulled down most, where the
+    multiplicative-weights step lowers every log-ratio by ``log Z_t - eta/2``.
     """
 
-    eta: float = 1.0
+    eta: float = 1000.0
 
     def compute(self, lp: LogProbs):
         ratio = log_ratios(lp)[:, 0]

@@ -18,6 +18,8 @@ New label key (KTO):
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -139,7 +141,8 @@ def bco_loss(log_ratio: Array, desirable: Array, *, beta, delta=0.0) -> Array:
       log_ratio: ``[B]`` sequence log-ratio.
       desirable: ``[B]`` boolean labels.
       beta: KL strength.
-      delta: the reward shift (a running mean of implicit rewards).
+      delta: the reward shift, a constant (scalar or ``[B]``); see
+        :func:`bco_reward_shift`.
 
     Returns:
       ``[B]`` float32 losses.
@@ -150,6 +153,40 @@ def bco_loss(log_ratio: Array, desirable: Array, *, beta, delta=0.0) -> Array:
     """
     logits = beta * jnp.asarray(log_ratio, jnp.float32) - delta
     return jnp.where(desirable, jax.nn.softplus(-logits), jax.nn.softplus(logits))
+
+
+def bco_reward_shift(rewards: Array, weights: Array | None = None) -> Array:
+    """BCO's reward shift estimated on the batch: the mean implicit reward, a constant.
+
+    .. math::
+        \\delta = \\mathrm{sg}\\Big(\\tfrac{1}{N} \\textstyle\\sum_i \\beta r_i\\Big)
+
+    over every response of the batch, desirable and undesirable pooled, as the
+    trainer the BCO first author contributed to TRL does (``BCOTrainer.bco_loss``
+    in ``trl/experimental/bco``, no longer shipped in TRL 1.16:
+    ``self.running.update(torch.cat((chosen_rewards, rejected_rewards)))``,
+    then ``delta = self.running.mean``, no gradient). That running mean
+    continues over training steps: it equals this batch mean at the first step
+    and is the mean of every reward seen so far after it. A trainer that wants
+    it keeps it as state and passes it as a fixed ``delta``.
+
+    Args:
+      rewards: ``[B]`` or ``[B, G]`` implicit rewards ``beta * r``.
+      weights: optional ``[B]`` example weights (0 for padding rows).
+
+    Returns:
+      Scalar float32 ``delta`` (no gradient).
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    per_row = rewards if rewards.ndim == 1 else jnp.mean(rewards, axis=-1)
+    return jax.lax.stop_gradient(batch_mean(per_row, weights))
+
+
+def _shift(objective, rewards: Array, lp: LogProbs) -> Array:
+    """``objective.delta`` when given, else the batch estimate of :func:`bco_reward_shift`."""
+    if objective.delta is None:  # structure, not a traced value: None has no leaves
+        return bco_reward_shift(rewards, lp.labels.get("example_weight"))
+    return jnp.asarray(objective.delta, jnp.float32)
 
 
 @objective(
@@ -163,28 +200,38 @@ class BCO(Objective):
     """Binary Classifier Optimization on unpaired thumbs-up / thumbs-down feedback.
 
     The implicit reward ``beta * r`` is the logit of a binary classifier
-    (desirable vs undesirable), shifted by ``delta``. The paper sets ``delta``
-    to the moving average of implicit rewards; here it is a traced
-    hyperparameter: a trainer keeps ``delta <- running mean of
-    metrics["reward"]`` (averaged over both classes, as TRL's RunningMoments
-    does) and passes the new value each step without recompiling.
+    (desirable vs undesirable), shifted by the paper's reward shift ``delta``,
+    the mean implicit reward. ``delta = None`` (default) estimates it on the
+    batch, desirable and undesirable responses pooled, without gradient
+    (:func:`bco_reward_shift`): the authors' estimator at a single step, which
+    keeps the objective a pure function of its batch. Their trainer averages
+    it over all steps so far; to reproduce that, or
+    for a fixed shift, pass a number (a traced hyperparameter, so a trainer
+    can update it each step without recompiling); ``delta = 0`` is no shift.
+    Like KTO's ``z0``, the estimate is a batch-level quantity weighted by
+    ``labels["example_weight"]``; on a one-response batch it equals that
+    response's reward, so the loss is ``log 2`` there (its gradient is not 0).
 
     Not implemented: the paper's underlying-distribution-matching density-ratio
     reweighting, which needs a separate prompt classifier; it can be applied
     through ``labels["example_weight"]``.
 
     Inputs: ``G = 1``, reference, ``labels["desirable"]`` ``[B, 1]``.
+    Metrics: ``reward`` (``beta * r``), ``delta`` (the shift used), ``desirable``.
     """
 
     beta: float = 0.1
-    delta: float = 0.0
+    delta: Any = None
 
     def compute(self, lp: LogProbs):
         ratio = log_ratios(lp)[:, 0]
         desirable = _desirable(lp)
-        losses = bco_loss(ratio, desirable, beta=self.beta, delta=self.delta)
+        reward = self.beta * ratio
+        delta = _shift(self, reward, lp)
+        losses = bco_loss(ratio, desirable, beta=self.beta, delta=delta)
         return losses, {
-            "reward": jax.lax.stop_gradient(self.beta * ratio),
+            "reward": jax.lax.stop_gradient(reward),
+            "delta": delta,
             "desirable": desirable.astype(jnp.float32),
         }
 
@@ -223,19 +270,25 @@ def bco_pair_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, *, beta, d
 class BCOPair(Objective):
     """Paired BCO: the BCO loss of the chosen as desirable plus the rejected as undesirable.
 
-    ``delta`` is maintained by the trainer as the running mean of
-    ``metrics["reward_mean"]`` (the mean of the chosen and rejected implicit
-    rewards, as TRL's ``bco_pair`` does).
+    ``delta = None`` (default) is the batch mean of the chosen and rejected
+    implicit rewards, without gradient, as for :class:`BCO`; the BCO author's
+    original ``bco_pair`` in TRL's ``DPOTrainer`` (PR #1524) kept a running
+    mean of the same quantity. TRL 1.16's ``bco_pair`` has no shift at all
+    (``-logsigmoid(chosen_rewards) - logsigmoid(-rejected_rewards)``), which is
+    ``delta = 0``. ``metrics["reward_mean"]`` is the per-pair mean reward.
     """
 
     beta: float = 0.1
-    delta: float = 0.0
+    delta: Any = None
 
     def compute(self, lp: LogProbs):
-        chosen, rejected = require_pairs(log_ratios(lp))
-        losses = bco_pair_loss(chosen, rejected, beta=self.beta, delta=self.delta)
+        ratios = log_ratios(lp)
+        chosen, rejected = require_pairs(ratios)
+        delta = _shift(self, self.beta * ratios, lp)
+        losses = bco_pair_loss(chosen, rejected, beta=self.beta, delta=delta)
         metrics = reference_pairwise_metrics(lp, self.beta)
         metrics["reward_mean"] = 0.5 * (metrics["rewards/chosen"] + metrics["rewards/rejected"])
+        metrics["delta"] = delta
         return losses, metrics
 
 

@@ -108,7 +108,9 @@ def wpo_loss(margin: Array, log_weights: Array, *, beta, max_weight=float("inf")
       log_weights: ``[B, 2]`` ``log w(y)`` of chosen and rejected.
       beta: KL-regularisation strength.
       max_weight: cap on the pair weight; ``inf`` (default) is the paper's
-        uncapped weight, 1 reproduces TRL's ``use_weighting``.
+        uncapped weight, which TRL 1.16's ``use_weighting`` also uses; 1
+        reproduces TRL before its DPO refactor (PR #3906, 2026), which clipped
+        the pair weight at 1.
 
     Returns:
       ``[B]`` float32 losses.
@@ -127,7 +129,7 @@ def wpo_loss(margin: Array, log_weights: Array, *, beta, max_weight=float("inf")
     "wpo",
     strength="beta",
     citation="Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, "
-    "Eq. 2 (sampled-alignment weight); max_weight=1 reproduces TRL's capped weights",
+    "Eq. 2 (sampled-alignment weight), uncapped as in TRL 1.16's use_weighting",
     requires=Requirements(responses=PAIR, reference=True, extras=(LOG_PROB_SQ_SUM,)),
 )
 class WPO(Objective):
@@ -135,9 +137,13 @@ class WPO(Objective):
 
     ``w`` is the policy's length-normalised, per-token calibrated likelihood
     (see :func:`wpo_loss`); it needs ``extras["log_prob_sq_sum"]``. The paper
-    writes the weight uncapped (the default); TRL caps the pair weight at 1
-    (``max_weight = 1``). For a valid calibration the per-token ratio is at most
-    the vocabulary size, so the weight stays finite.
+    writes the weight uncapped (the default), and so does TRL 1.16's
+    ``use_weighting`` (``trl/trainer/dpo_trainer.py``: ``weights =
+    exp(mean_logps)``, the loss multiplied by the chosen and rejected weights,
+    no clamp); TRL before its DPO refactor (PR #3906, 2026) clipped the pair
+    weight at 1, which ``max_weight = 1`` reproduces. For a valid calibration
+    the per-token ratio is at most the vocabulary size, so the weight stays
+    finite.
     """
 
     beta: float = 0.1
@@ -182,6 +188,16 @@ class LDDPO(Objective):
     for both the policy and the reference, then the DPO loss on
     ``h = log pi_hat_theta/pi_hat_ref (y_w) - (same for y_l)``. ``alpha = 1`` is
     DPO; the paper tunes ``alpha`` per model in ``[0, 1]``.
+
+    The reference's tail is down-weighted too: the margin is DPO's on
+    token-weighted log-ratios, so it is 0 at ``pi_theta = pi_ref`` (loss
+    ``log 2``) for every ``alpha``, as in DPO. This is TRL 1.16's ``ld_alpha``
+    (``trl/trainer/dpo_trainer.py``: the same shared/tail masks give
+    ``ref_logps = ref_shared_logps + ld_alpha * ref_tail_logps``). TRL's first
+    LD-DPO implementation (PR #3458) and LLaMA-Factory weight the policy only;
+    their margin is this one minus ``(1 - alpha)(T_w - T_l)``, with ``T`` the
+    reference's tail log-prob sum (0 for the shorter response): a fixed
+    per-pair offset that raises the longer response's implicit reward.
     """
 
     beta: float = 0.1

@@ -56,6 +56,19 @@ def test_exo_is_kl_between_bernoullis(beta, eps):
     np.testing.assert_allclose(metrics["rewards/margin"], beta * h, rtol=1e-5)
 
 
+def test_exo_default_is_trl_1_16_exo_pair_at_its_recommended_smoothing():
+    """TRL 1.16's exo_pair, transcribed: q_w (log q_w - log(1 - eps)) + q_l (log q_l - log eps) with
+    q = sigmoid(+-beta h); our default eps = 1e-3 is the value TRL requires instead of its default 0,
+    where the KL is infinite."""
+    policy, reference, lp = _batch(seed=4)
+    beta, eps = 0.1, 1e-3
+    h = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    q_w, q_l = _sigmoid(beta * h), _sigmoid(-beta * h)
+    trl = q_w * (np.log(q_w) - np.log1p(-eps)) + q_l * (np.log(q_l) - np.log(eps))
+    np.testing.assert_allclose(make("exo").per_example(lp)[0], trl, rtol=1e-4, atol=1e-6)
+    assert np.isinf(float(distributional.exo_loss(jnp.array(1.0), beta=beta, label_smoothing=0.0)))
+
+
 def test_exo_vanishes_where_model_matches_smoothed_label():
     """The KL is zero exactly at sigmoid(beta h) = 1 - eps, i.e. h = log((1 - eps) / eps) / beta."""
     beta, eps = 0.5, 0.1

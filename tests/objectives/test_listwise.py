@@ -76,6 +76,20 @@ def test_lipo_lambda_matches_numpy():
     np.testing.assert_allclose(metrics["num_pairs"], [6, 5, 6])
 
 
+def test_lipo_lambda_is_a_sum_over_pairs_without_max_dcg():
+    """Liu et al.'s normalisation by hand. Equal rewards rank the list 1, 2, 3 by index; psi = (2, 1, 0)
+    gives gains (3, 1, 0) and 1/D = (1, 1/log2 3, 1/2), every pair loss is log 2, and the paper's sum is
+    (2 (1 - 1/log2 3) + 3 (1 - 1/2) + (1/log2 3 - 1/2)) log 2 = 1.6421. Dividing by maxDCG (3 + 1/log2 3)
+    or averaging over the 3 pairs would give 0.4523 or 0.5474."""
+    inv_d = 1.0 / np.log2(3.0)
+    paper = (2 * (1 - inv_d) + 3 * 0.5 + (inv_d - 0.5)) * np.log(2.0)
+    lp = from_sequences(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32),
+                        labels={"score": np.array([[2.0, 1.0, 0.0]], np.float32)})
+    loss = _per_example(LiPOLambda(beta=0.5), lp)[0]
+    np.testing.assert_allclose(loss, [paper], rtol=1e-6)
+    np.testing.assert_allclose(paper, 1.6421, atol=1e-4)
+
+
 def test_softmax_and_list_mle_match_numpy():
     beta = 0.7
     s = beta * (POLICY - REFERENCE)

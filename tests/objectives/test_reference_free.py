@@ -121,6 +121,26 @@ def test_tpo_matches_hand_formula():
                                tpo_l, rtol=1e-6)
 
 
+def _authors_tpo_batch_loss(policy, mask, beta, alpha):
+    """sahsaeedi/TPO utils/tpo_trainer.py: mean over pairs of -log sigma(beta (sum log pi_w - sum log pi_l))
+    plus alpha times the cross-entropy averaged over every gold token of the batch."""
+    sums = np.sum(policy * mask, -1)
+    preference = -log_sigmoid(beta * (sums[:, 1] - sums[:, 2]))
+    nll = -np.sum(policy[:, 0] * mask[:, 0]) / np.sum(mask[:, 0])
+    return preference.mean() + alpha * nll
+
+
+def test_tpo_defaults_are_the_authors_script_and_match_their_trainer():
+    """run_tpo.sh trains with --beta 0.01 --tpo_alpha 1; with gold responses of equal length the
+    batch loss equals their trainer's, whose NLL is a token mean over the batch."""
+    assert (TPO().beta, TPO().alpha) == (0.01, 1.0)
+    mask = MASK.copy()
+    mask[:, 0] = [1, 1, 1, 0]  # both gold responses 3 tokens long
+    lp = LogProbs(policy=jnp.asarray(POLICY), mask=jnp.asarray(mask))
+    expected = _authors_tpo_batch_loss(POLICY, mask, beta=0.01, alpha=1.0)
+    np.testing.assert_allclose(TPO()(lp)[0], expected, rtol=1e-6)
+
+
 def test_tpo_without_gold_term_is_cpo_without_nll_and_needs_triples():
     np.testing.assert_allclose(TPO(beta=0.3, alpha=0.0).per_example(_lp((0, 1, 2)))[0],
                                CPO(beta=0.3, alpha=0.0).per_example(_lp())[0], rtol=1e-6)

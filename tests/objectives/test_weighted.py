@@ -69,7 +69,9 @@ def test_dpop_with_zero_lambda_is_dpo():
 
 
 def test_wpo_matches_hand_formula():
-    """Zhou et al. Eq. 2: w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2]); TRL caps w_w w_l at 1."""
+    """Zhou et al. Eq. 2: w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2]), the pair loss times w_w w_l
+    with no cap by default, as TRL 1.16's use_weighting computes it; max_weight=1 is TRL's pre-#3906 clip."""
+    assert WPO().max_weight == float("inf")
     policy, reference, mask = _token_batch()
     sq = np.stack([np.full(policy.shape[1:], -0.6), np.full(policy.shape[1:], -1.5)])
     beta = 0.5
@@ -114,6 +116,23 @@ def test_ld_dpo_matches_hand_formula():
 def test_ld_dpo_with_alpha_one_is_dpo():
     lp = _token_lp()
     np.testing.assert_allclose(LDDPO(beta=0.4, alpha=1.0).per_example(lp)[0], _dpo_losses(lp, 0.4), rtol=1e-6)
+
+
+def test_ld_dpo_down_weights_the_reference_tail_too():
+    """At pi_theta = pi_ref the margin is 0 and the loss log 2 for any alpha; raising a reference tail
+    token of y_w by d lowers the margin by alpha d (policy-only weighting would lower it by d)."""
+    policy, reference, mask = _token_batch()
+    at_reference = LogProbs(policy=jnp.asarray(reference), mask=jnp.asarray(mask), reference=jnp.asarray(reference))
+    np.testing.assert_allclose(LDDPO(alpha=0.3).per_example(at_reference)[0], np.log(2.0), rtol=1e-6)
+    alpha, beta, d = 0.3, 1.0, 0.5
+    moved = reference.copy()
+    moved[0, 0, 2] += d  # pair 0: |y_w| = 3 > |y_l| = 1, so token 3 of y_w is in the tail
+    base = LDDPO(beta=beta, alpha=alpha).per_example(_token_lp())[0]
+    shifted = LDDPO(beta=beta, alpha=alpha).per_example(
+        LogProbs(policy=jnp.asarray(policy), mask=jnp.asarray(mask), reference=jnp.asarray(moved)))[0]
+    neg_margin = lambda loss: np.log(np.expm1(loss))  # loss = log(1 + e^-h)  =>  -h = log(e^loss - 1)
+    np.testing.assert_allclose(neg_margin(np.asarray(shifted)[0]) - neg_margin(np.asarray(base)[0]),
+                               alpha * d, rtol=1e-5)
 
 
 def test_ld_dpo_counts_positions_over_response_tokens_only():
