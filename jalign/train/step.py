@@ -116,7 +116,8 @@ def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformatio
         finite = jnp.isfinite(loss) & _all_finite(grads)
         new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0])
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+                   "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0), "finite": finite}
         return new, metrics
 
     return step

@@ -1,0 +1,87 @@
+"""Every registered objective through `jalign train`: it trains, or it is refused by name.
+
+Each objective goes through the CLI code path (``jalign.cli.main`` with an
+experiment file and ``--set`` overrides) on a one-layer model for three steps,
+on shipped data that carries the labels its declaration names. Offline
+objectives must give a finite loss and a non-zero parameter update at every
+step; objectives whose responses are sampled during training must be refused
+before anything is built, with the reason.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jalign import cli
+from jalign.models import Decoder, save_hf
+from jalign.models.tokenizer import train_tiny_tokenizer
+from jalign.objectives import make, registered
+from jalign.train.provider import RefusedObjective
+
+from registry_experiment import ARCH
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DATA = REPO / "experiments" / "data"
+EXPERIMENT = str(pathlib.Path(__file__).with_name("registry_experiment.py"))
+SAMPLED = sorted(name for name in registered() if make(name).sampling is not None)
+OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
+DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
+            "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tokenizer trained on the shipped data and a random guide checkpoint (TGDPO)."""
+    root = tmp_path_factory.mktemp("registry")
+    texts = [line for name in sorted(set(DATA_FOR.values())) for line in (DATA / name).read_text().splitlines()]
+    train_tiny_tokenizer(texts, ARCH.vocab_size, root / "tokenizer")
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(7)), str(root / "guide"))
+    return root
+
+
+def _train(assets, tmp_path, name, *extra_sets, capsys):
+    data = DATA / DATA_FOR[make(name).requires.responses]
+    sets = [f"objective={name}", f"data.train={data}", f"model.tokenizer={assets / 'tokenizer'}",
+            f"model.guide={assets / 'guide'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
+    if data.name == "tiny_pref_scored.jsonl":
+        sets.append("data.preference_field=preference")
+    argv = ["train", EXPERIMENT]
+    for assignment in sets:
+        argv += ["--set", assignment]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _check_trained(rows):
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert np.isfinite(row["loss"]) and row["finite"] == 1.0
+        assert row["update_norm"] > 0, row
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_objective_trains_through_the_cli(name, assets, tmp_path, capsys):
+    _check_trained(_train(assets, tmp_path, name, capsys=capsys))
+
+
+def test_sparsepo_with_the_reference_activation_mask_trains(assets, tmp_path, capsys):
+    _check_trained(_train(assets, tmp_path, "sparsepo", "objective.mask=reference", capsys=capsys))
+
+
+@pytest.mark.parametrize("name", SAMPLED)
+def test_sampled_objective_is_refused_before_building(name, assets, tmp_path, monkeypatch):
+    import jalign.train.loop as loop
+
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: pytest.fail("built a model for a refused objective"))
+    with pytest.raises(RefusedObjective, match=rf"{name}: its responses are sampled during training") as error:
+        _train(assets, tmp_path, name, capsys=None)
+    assert "no generation loop" in str(error.value)
+
+
+def test_the_registry_splits_into_these_two_groups():
+    assert set(SAMPLED) == {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo"}
+    assert len(OFFLINE) + len(SAMPLED) == len(registered())
