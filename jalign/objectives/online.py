@@ -50,15 +50,21 @@ def ipo_regression_loss(margin: Array, target: Array, *, tau) -> Array:
 
     With ``t = p - 1/2`` for a preference probability ``p`` this is the
     expectation over the Bernoulli label of IPO's sampled loss
-    ``(h(y_w, y_l) - 1/(2 tau))^2`` up to a constant (Azar et al. 2023, Eq. 17);
-    with ``t = P(y ≻ pi') - P(y' ≻ pi')`` it is IPO's population form
-    (Azar et al. 2023, Sec. 5).
+    ``(h(y_w, y_l) - 1/(2 tau))^2`` up to a constant; with
+    ``t = P(y ≻ pi') - P(y' ≻ pi')`` it is IPO's population form.
 
     Args:
-      margin: ``[B]`` log-ratio margin ``h``; target: ``[B]`` ``t``.
+      margin: ``[B]`` log-ratio margin ``h``.
+      target: ``[B]`` regression target ``t``.
+      tau: KL-regularisation strength.
 
     Returns:
       ``[B]`` float32 losses.
+
+    References:
+      Azar et al., *A General Theoretical Paradigm to Understand Learning from
+      Human Preferences*, 2023, Eq. 17 (the sampled loss) and Sec. 5 (the
+      population form).
     """
     return jnp.square(jnp.asarray(margin, jnp.float32) - jnp.asarray(target, jnp.float32) / tau)
 
