@@ -123,24 +123,16 @@ _CITATION = ("Tang et al. 2024, Generalized Preference Optimization: A Unified A
              "Offline Alignment, Sec. 2, GPO loss E[f(beta * h)] with f = ")
 
 
-@objective(
-    "gpo_logistic",
-    strength="beta",
-    citation=_CITATION + "log(1 + exp(-x)) (= DPO)",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_logistic", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "log(1 + exp(-x)) (= DPO)")
 class GPOLogistic(_GPO):
     r"""GPO with the logistic loss :math:`\log(1 + e^{-\beta h})`; identical to DPO."""
 
     convex: ClassVar[str] = "logistic"
 
 
-@objective(
-    "gpo_hinge",
-    strength="beta",
-    citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_hinge", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)")
 class GPOHinge(_GPO):
     r"""GPO with the hinge loss :math:`\max(0, 1 - \beta h)`; ``beta * slic(delta=1/beta)``.
 
@@ -150,24 +142,16 @@ class GPOHinge(_GPO):
     convex: ClassVar[str] = "hinge"
 
 
-@objective(
-    "gpo_squared",
-    strength="beta",
-    citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_squared", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)")
 class GPOSquared(_GPO):
     r"""GPO with the squared loss :math:`(\beta h - 1)^2`; ``4 tau^2 * ipo(tau)`` at ``beta = 2 tau``."""
 
     convex: ClassVar[str] = "squared"
 
 
-@objective(
-    "gpo_exponential",
-    strength="beta",
-    citation=_CITATION + "exp(-x)",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_exponential", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "exp(-x)")
 class GPOExponential(_GPO):
     r"""GPO with the exponential loss :math:`e^{-\beta h}`.
 
@@ -178,24 +162,16 @@ class GPOExponential(_GPO):
     convex: ClassVar[str] = "exponential"
 
 
-@objective(
-    "gpo_truncated_quadratic",
-    strength="beta",
-    citation=_CITATION + "max(0, 1 - x)^2",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_truncated_quadratic", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "max(0, 1 - x)^2")
 class GPOTruncatedQuadratic(_GPO):
     r"""GPO with the truncated quadratic loss :math:`\max(0, 1 - \beta h)^2`."""
 
     convex: ClassVar[str] = "truncated_quadratic"
 
 
-@objective(
-    "gpo_savage",
-    strength="beta",
-    citation=_CITATION + "1 / (1 + exp(x))^2",
-    requires=PAIRED_WITH_REFERENCE,
-)
+@objective("gpo_savage", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "1 / (1 + exp(x))^2")
 class GPOSavage(_GPO):
     r"""GPO with the Savage loss :math:`1 / (1 + e^{\beta h})^2 = \sigma(-\beta h)^2`.
 

@@ -1,16 +1,13 @@
-r"""Margin objectives: a per-example loss of the pair's log-ratio margin, and nothing else.
-
-Most pairwise objectives with a reference are one function of
+r"""Margin objectives: per-example losses of the pair's log-ratio margin
 
 .. math::
-    h = \log \frac{\pi_\theta(y_w|x)}{\pi_{ref}(y_w|x)} - \log \frac{\pi_\theta(y_l|x)}{\pi_{ref}(y_l|x)}
+    h = \log \frac{\pi_\theta(y_w|x)}{\pi_{ref}(y_w|x)} - \log \frac{\pi_\theta(y_l|x)}{\pi_{ref}(y_l|x)}.
 
-(GPO writes the offline ones as :math:`f(\beta h)`). :class:`MarginObjective`
-holds what they share: the sequence log-ratios (length-normalised when the
-objective declares ``average``), the margin, and DPO's implicit-reward metrics
-at the objective's declared strength. A registered subclass declares only its
-hyperparameters and :meth:`~MarginObjective.margin_loss`, which calls its pure
-loss function; the paper is cited by that function and by ``@objective``.
+Most pairwise objectives with a reference are one function of ``h`` (GPO
+writes the offline ones as :math:`f(\beta h)`). A registered subclass of
+:class:`MarginObjective` declares its hyperparameters and ``margin_loss``,
+which calls its pure loss function; the paper is cited by that function and
+by ``@objective``.
 """
 
 from __future__ import annotations
@@ -27,12 +24,11 @@ PAIRED_WITH_REFERENCE = Requirements(responses=PAIR, reference=True)
 
 
 class MarginObjective(Objective):
-    """Base of objectives whose per-example loss is a function of the log-ratio margin ``h``.
+    """``margin_loss(h, lp)`` with the metrics of :func:`reference_pairwise_metrics`.
 
-    ``compute`` is ``margin_loss(pair_margin(log_ratios(lp)), lp)`` with the
-    metrics of :func:`reference_pairwise_metrics` (implicit reward
-    ``strength * log_ratio``; the log-ratio itself for an objective without a
-    strength, such as SLiC). Needs pairs, chosen first, and reference log-probs.
+    The metrics' implicit reward is ``strength * log_ratio`` at the declared
+    strength (DPO's ``beta``, IPO's ``tau``), or the log-ratio itself for an
+    objective without one (SLiC). Needs pairs, chosen first, and reference log-probs.
     """
 
     # Sequence log-ratios. A subclass that offers the length-normalised variant
@@ -40,7 +36,7 @@ class MarginObjective(Objective):
     average: ClassVar[bool] = False
 
     def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
-        """``[B]`` float32 losses of the ``[B]`` margin; ``lp`` is there for objectives that read labels."""
+        """``[B]`` float32 losses of the ``[B]`` margin; ``lp`` for objectives that also read labels."""
         raise NotImplementedError(f"{type(self).__name__} must implement margin_loss()")
 
     def compute(self, lp: LogProbs) -> tuple[Array, Metrics]:
