@@ -9,6 +9,7 @@ jax, chex and numpy: no models, sharding, data or training code.
 from jalign.objectives.batch import LogProbs, from_sequences
 from jalign.objectives.core import Objective, Scaled, Sum, batch_mean, static_field
 from jalign.objectives.declaration import Requirements, Sampling
+from jalign.objectives.margin import MarginObjective
 from jalign.objectives.anchored import (
     APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
 )
@@ -53,6 +54,6 @@ OBJECTIVES = (
 )
 
 __all__ = [
-    "LogProbs", "OBJECTIVES", "Objective", "Requirements", "Sampling", "Scaled", "Sum", "batch_mean",
-    "from_sequences", "make", "objective", "registered", "static_field", *OBJECTIVES,
+    "LogProbs", "MarginObjective", "OBJECTIVES", "Objective", "Requirements", "Sampling", "Scaled", "Sum",
+    "batch_mean", "from_sequences", "make", "objective", "registered", "static_field", *OBJECTIVES,
 ]

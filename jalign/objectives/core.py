@@ -49,7 +49,9 @@ def batch_mean(values: Array, weights: Array | None = None) -> Array:
 
 
 class Objective:
-    """Base class of all objectives. Subclasses implement :meth:`compute`.
+    """Base class of all objectives. Subclasses implement :meth:`compute`; a loss of
+    the pair's log-ratio margin subclasses :class:`~jalign.objectives.margin.MarginObjective`
+    and implements only ``margin_loss``.
 
     Declarations live on the instance and compose (``jalign.objectives.declaration``):
 

@@ -29,15 +29,13 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import LIST, PAIR, Objective, Requirements, static_field
-from jalign.objectives.sequence import capped_exp
+from jalign.objectives.core import LIST, Objective, Requirements, static_field
+from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.metrics import reference_pairwise_metrics
 from jalign.objectives.pairwise import dpo_loss
 from jalign.objectives.registry import objective
-from jalign.objectives.sequence import (label, log_ratios, pair_margin, policy_logps, reference_logps,
-                                        require_pairs)
-
-PAIRED_WITH_REFERENCE = Requirements(responses=PAIR, reference=True)
+from jalign.objectives.sequence import (capped_exp, label, log_ratios, pair_margin, policy_logps,
+                                        reference_logps, require_pairs)
 
 
 def exo_loss(margin: Array, *, beta, label_smoothing=1e-3) -> Array:
@@ -80,7 +78,7 @@ def exo_loss(margin: Array, *, beta, label_smoothing=1e-3) -> Array:
     "Eq. 16 (pairwise EXO, label smoothing epsilon)",
     requires=PAIRED_WITH_REFERENCE,
 )
-class EXO(Objective):
+class EXO(MarginObjective):
     r"""EXO for pairs: reverse KL from ``(sigmoid(beta h), sigmoid(-beta h))`` to ``(1 - eps, eps)``.
 
     Mode-seeking where DPO (the forward KL between the same two
@@ -99,10 +97,8 @@ class EXO(Objective):
     label_smoothing: float = 1e-3
     average: bool = static_field(False)
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        losses = exo_loss(margin, beta=self.beta, label_smoothing=self.label_smoothing)
-        return losses, reference_pairwise_metrics(lp, self.beta, average=self.average)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return exo_loss(margin, beta=self.beta, label_smoothing=self.label_smoothing)
 
 
 def exo_reward_loss(log_ratios_: Array, scores: Array, valid: Array | None = None, *, beta, beta_r=0.5) -> Array:
@@ -205,7 +201,7 @@ def discopop_loss(margin: Array, *, beta, tau=0.05) -> Array:
     "Large Language Models, Eq. 5 (log-ratio modulated loss, LRML)",
     requires=PAIRED_WITH_REFERENCE,
 )
-class DiscoPOP(Objective):
+class DiscoPOP(MarginObjective):
     r"""DiscoPOP: the logistic loss for negative margins, the exponential for positive ones.
 
     The gate ``sigmoid(beta h / tau)`` mixes ``-log sigmoid(beta h)`` and
@@ -219,10 +215,8 @@ class DiscoPOP(Objective):
     tau: float = 0.05
     average: bool = static_field(False)
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        losses = discopop_loss(margin, beta=self.beta, tau=self.tau)
-        return losses, reference_pairwise_metrics(lp, self.beta, average=self.average)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return discopop_loss(margin, beta=self.beta, tau=self.tau)
 
 
 def aot_loss(dominant: Array, dominated: Array, *, beta, label_smoothing=0.0) -> Array:

@@ -36,12 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import PAIR, Objective, Requirements, register_pytree, static_field
-from jalign.objectives.metrics import reference_pairwise_metrics
+from jalign.objectives.core import register_pytree, static_field
+from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.registry import objective
-from jalign.objectives.sequence import capped_exp, log_ratios, pair_margin
+from jalign.objectives.sequence import capped_exp
 
-PAIRED_WITH_REFERENCE = Requirements(responses=PAIR, reference=True)
 
 def _logistic(rho: Array) -> Array:
     return jax.nn.softplus(-rho)
@@ -104,27 +103,8 @@ def gpo_loss(margin: Array, *, beta, loss: str = "logistic") -> Array:
 
 
 @register_pytree
-class _GPO(Objective):
-    """Shared body of the GPO objectives; subclasses name their convex function."""
-
-    convex: ClassVar[str] = "logistic"
-
-    beta: float = 0.1
-    average: bool = static_field(False)
-
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        losses = gpo_loss(margin, beta=self.beta, loss=self.convex)
-        return losses, reference_pairwise_metrics(lp, self.beta, average=self.average)
-
-
-_CITATION = ("Tang et al. 2024, Generalized Preference Optimization: A Unified Approach to "
-             "Offline Alignment, Sec. 2, GPO loss E[f(beta * h)] with f = ")
-
-
-@objective("gpo_logistic", strength="beta", citation=_CITATION + "log(1 + exp(-x)) (= DPO)", requires=PAIRED_WITH_REFERENCE)
-class GPOLogistic(_GPO):
-    r"""GPO with the logistic loss :math:`\log(1 + e^{-\beta h})`; identical to DPO.
+class _GPO(MarginObjective):
+    """A GPO objective, ``f(beta h)``; subclasses name their convex function ``f``.
 
     Needs pairs (chosen first) and reference log-probs; ``average``
     length-normalises the log-ratios.
@@ -132,57 +112,70 @@ class GPOLogistic(_GPO):
 
     convex: ClassVar[str] = "logistic"
 
+    beta: float = 0.1
+    average: bool = static_field(False)
 
-@objective("gpo_hinge", strength="beta", citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)",
-           requires=PAIRED_WITH_REFERENCE)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return gpo_loss(margin, beta=self.beta, loss=self.convex)
+
+
+_CITATION = ("Tang et al. 2024, Generalized Preference Optimization: A Unified Approach to "
+             "Offline Alignment, Sec. 2, GPO loss E[f(beta * h)] with f = ")
+
+
+@objective("gpo_logistic", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "log(1 + exp(-x)) (= DPO)")
+class GPOLogistic(_GPO):
+    r"""GPO with the logistic loss :math:`\log(1 + e^{-\beta h})`; identical to DPO."""
+
+    convex: ClassVar[str] = "logistic"
+
+
+@objective("gpo_hinge", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "max(0, 1 - x) (= SLiC with delta = 1/beta, times beta)")
 class GPOHinge(_GPO):
     r"""GPO with the hinge loss :math:`\max(0, 1 - \beta h)`; ``beta * slic(delta=1/beta)``.
 
-    Also TRL's ``loss_type="hinge"``. Needs pairs and reference log-probs.
+    Also TRL's ``loss_type="hinge"``.
     """
 
     convex: ClassVar[str] = "hinge"
 
 
-@objective("gpo_squared", strength="beta", citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)",
-           requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_squared", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "(x - 1)^2 (= 4 tau^2 * IPO at beta = 2 tau)")
 class GPOSquared(_GPO):
-    r"""GPO with the squared loss :math:`(\beta h - 1)^2`; ``4 tau^2 * ipo(tau)`` at ``beta = 2 tau``.
-
-    Needs pairs and reference log-probs.
-    """
+    r"""GPO with the squared loss :math:`(\beta h - 1)^2`; ``4 tau^2 * ipo(tau)`` at ``beta = 2 tau``."""
 
     convex: ClassVar[str] = "squared"
 
 
-@objective("gpo_exponential", strength="beta", citation=_CITATION + "exp(-x)", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_exponential", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "exp(-x)")
 class GPOExponential(_GPO):
     r"""GPO with the exponential loss :math:`e^{-\beta h}`.
 
     The exponential is continued linearly beyond ``-beta h > EXP_CAP`` (see
-    :func:`capped_exp`) so extreme margins stay finite. Needs pairs and
-    reference log-probs.
+    :func:`capped_exp`) so extreme margins stay finite.
     """
 
     convex: ClassVar[str] = "exponential"
 
 
-@objective("gpo_truncated_quadratic", strength="beta", citation=_CITATION + "max(0, 1 - x)^2", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_truncated_quadratic", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "max(0, 1 - x)^2")
 class GPOTruncatedQuadratic(_GPO):
-    r"""GPO with the truncated quadratic loss :math:`\max(0, 1 - \beta h)^2`.
-
-    Needs pairs and reference log-probs.
-    """
+    r"""GPO with the truncated quadratic loss :math:`\max(0, 1 - \beta h)^2`."""
 
     convex: ClassVar[str] = "truncated_quadratic"
 
 
-@objective("gpo_savage", strength="beta", citation=_CITATION + "1 / (1 + exp(x))^2", requires=PAIRED_WITH_REFERENCE)
+@objective("gpo_savage", strength="beta", requires=PAIRED_WITH_REFERENCE,
+           citation=_CITATION + "1 / (1 + exp(x))^2")
 class GPOSavage(_GPO):
     r"""GPO with the Savage loss :math:`1 / (1 + e^{\beta h})^2 = \sigma(-\beta h)^2`.
 
     Non-convex in general but listed by the paper; bounded in ``[0, 1]``.
-    Needs pairs and reference log-probs.
     """
 
     convex: ClassVar[str] = "savage"
@@ -216,7 +209,7 @@ def slic_loss(margin: Array, *, delta) -> Array:
     "calibration term max(0, delta - margin); on reference log-ratios as in GPO (Tang et al. 2024)",
     requires=PAIRED_WITH_REFERENCE,
 )
-class SLiC(Objective):
+class SLiC(MarginObjective):
     r"""SLiC-HF hinge calibration :math:`\max(0, \delta - h)` on the log-ratio margin ``h``.
 
     .. math::
@@ -240,7 +233,5 @@ class SLiC(Objective):
     delta: float = 1.0
     average: bool = static_field(False)
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        # The implicit reward of a margin loss without a temperature is the log-ratio itself.
-        return slic_loss(margin, delta=self.delta), reference_pairwise_metrics(lp, 1.0, average=self.average)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return slic_loss(margin, delta=self.delta)

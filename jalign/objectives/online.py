@@ -36,6 +36,7 @@ from jalign.objectives.core import PAIR, SINGLE, Objective, Requirements
 from jalign.objectives.declaration import (  # noqa: F401  (the sources, re-exported for engines)
     EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, SOURCES, UNIFORM, Sampling,
 )
+from jalign.objectives.margin import MarginObjective
 from jalign.objectives.metrics import reference_pairwise_metrics
 from jalign.objectives.pairwise import dpo_loss
 from jalign.objectives.registry import objective
@@ -49,15 +50,21 @@ def ipo_regression_loss(margin: Array, target: Array, *, tau) -> Array:
 
     With ``t = p - 1/2`` for a preference probability ``p`` this is the
     expectation over the Bernoulli label of IPO's sampled loss
-    ``(h(y_w, y_l) - 1/(2 tau))^2`` up to a constant (Azar et al. 2023, Eq. 17);
-    with ``t = P(y ≻ pi') - P(y' ≻ pi')`` it is IPO's population form
-    (Azar et al. 2023, Sec. 5).
+    ``(h(y_w, y_l) - 1/(2 tau))^2`` up to a constant; with
+    ``t = P(y ≻ pi') - P(y' ≻ pi')`` it is IPO's population form.
 
     Args:
-      margin: ``[B]`` log-ratio margin ``h``; target: ``[B]`` ``t``.
+      margin: ``[B]`` log-ratio margin ``h``.
+      target: ``[B]`` regression target ``t``.
+      tau: KL-regularisation strength.
 
     Returns:
       ``[B]`` float32 losses.
+
+    References:
+      Azar et al., *A General Theoretical Paradigm to Understand Learning from
+      Human Preferences*, 2023, Eq. 17 (the sampled loss) and Sec. 5 (the
+      population form).
     """
     return jnp.square(jnp.asarray(margin, jnp.float32) - jnp.asarray(target, jnp.float32) / tau)
 
@@ -78,7 +85,7 @@ def _ipo_target(lp: LogProbs) -> Array:
     requires=PAIRED_PREFERENCE,
     sampling=Sampling(responses=(POLICY, POLICY), labels=("preference",)),
 )
-class OnlineIPO(Objective):
+class OnlineIPO(MarginObjective):
     """Online IPO: IPO on pairs sampled from the current policy, labelled by the oracle.
 
     .. math::
@@ -89,9 +96,8 @@ class OnlineIPO(Objective):
 
     tau: float = 0.1
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp))
-        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau), reference_pairwise_metrics(lp, self.tau)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau)
 
 
 @objective(
@@ -102,7 +108,7 @@ class OnlineIPO(Objective):
     requires=PAIRED_PREFERENCE,
     sampling=Sampling(responses=(MIXTURE, MIXTURE), labels=("preference",)),
 )
-class IPOMD(Objective):
+class IPOMD(MarginObjective):
     """IPO-MD: online IPO with both responses from ``sg(pi)^(1-b) ref^b`` (``b = mixture``).
 
     Same loss as :class:`OnlineIPO`; ``mixture = 0`` recovers online IPO. With
@@ -115,9 +121,8 @@ class IPOMD(Objective):
     tau: float = 0.1
     mixture: float = 0.5
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp))
-        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau), reference_pairwise_metrics(lp, self.tau)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return ipo_regression_loss(margin, _ipo_target(lp), tau=self.tau)
 
 
 def _contrast_loss(obj, lp: LogProbs):
@@ -327,7 +332,7 @@ class INPO(Objective):
     requires=PAIRED_PREFERENCE,
     sampling=Sampling(responses=(POLICY, POLICY), labels=("preference",)),
 )
-class OnlineDPO(Objective):
+class OnlineDPO(MarginObjective):
     """Online DPO: DPO on on-policy pairs labelled by the oracle.
 
     .. math::
@@ -339,7 +344,6 @@ class OnlineDPO(Objective):
 
     beta: float = 0.1
 
-    def compute(self, lp: LogProbs):
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
         p = jnp.asarray(label(lp, "preference"), jnp.float32)
-        losses = dpo_loss(pair_margin(log_ratios(lp)), beta=self.beta, label_smoothing=1.0 - p)
-        return losses, reference_pairwise_metrics(lp, self.beta)
+        return dpo_loss(margin, beta=self.beta, label_smoothing=1.0 - p)

@@ -12,12 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import PAIR, Objective, Requirements, static_field
-from jalign.objectives.metrics import reference_pairwise_metrics
+from jalign.objectives.core import static_field
+from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.registry import objective
-from jalign.objectives.sequence import log_ratios, pair_margin
-
-PAIRED_WITH_REFERENCE = Requirements(responses=PAIR, reference=True)
 
 
 def dpo_loss(margin: Array, *, beta, label_smoothing=0.0) -> Array:
@@ -49,7 +46,7 @@ def dpo_loss(margin: Array, *, beta, label_smoothing=0.0) -> Array:
     "label_smoothing > 0 is cDPO (Mitchell 2023, A note on DPO with noisy preferences)",
     requires=PAIRED_WITH_REFERENCE,
 )
-class DPO(Objective):
+class DPO(MarginObjective):
     """Direct Preference Optimization: ``-log sigmoid(beta * h)``.
 
     With ``label_smoothing = eps`` the target is the conservative label
@@ -60,10 +57,8 @@ class DPO(Objective):
     label_smoothing: float = 0.0
     average: bool = static_field(False)
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        losses = dpo_loss(margin, beta=self.beta, label_smoothing=self.label_smoothing)
-        return losses, reference_pairwise_metrics(lp, self.beta, average=self.average)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return dpo_loss(margin, beta=self.beta, label_smoothing=self.label_smoothing)
 
 
 def ipo_loss(margin: Array, *, tau) -> Array:
@@ -93,7 +88,7 @@ def ipo_loss(margin: Array, *, tau) -> Array:
     "from Human Preferences, Eq. 17",
     requires=PAIRED_WITH_REFERENCE,
 )
-class IPO(Objective):
+class IPO(MarginObjective):
     """Identity Preference Optimization: ``(h - 1/(2 tau))^2``.
 
     The paper's loss uses sequence log-ratios; ``average`` gives the
@@ -103,6 +98,5 @@ class IPO(Objective):
     tau: float = 0.1
     average: bool = static_field(False)
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp, average=self.average))
-        return ipo_loss(margin, tau=self.tau), reference_pairwise_metrics(lp, self.tau, average=self.average)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return ipo_loss(margin, tau=self.tau)

@@ -15,10 +15,9 @@ import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
 from jalign.objectives.core import PAIR, Objective, Requirements
-from jalign.objectives.metrics import reference_pairwise_metrics
+from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.pairwise import DPO
 from jalign.objectives.registry import objective
-from jalign.objectives.sequence import log_ratios, pair_margin
 
 
 def rdpo_loss(margin: Array, *, beta, epsilon=0.1) -> Array:
@@ -54,9 +53,9 @@ def rdpo_loss(margin: Array, *, beta, epsilon=0.1) -> Array:
     strength="beta",
     citation="Chowdhury et al. 2024, Provably Robust DPO: Aligning Language Models with Noisy "
     "Feedback, Sec. 3 (de-biased loss)",
-    requires=Requirements(responses=PAIR, reference=True),
+    requires=PAIRED_WITH_REFERENCE,
 )
-class RDPO(Objective):
+class RDPO(MarginObjective):
     """Robust DPO: DPO de-biased for a known label-flip rate ``epsilon``.
 
     Unlike cDPO (``dpo(label_smoothing=eps)``), which mixes the two losses with
@@ -67,9 +66,8 @@ class RDPO(Objective):
     beta: float = 0.1
     epsilon: float = 0.1
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp))
-        return rdpo_loss(margin, beta=self.beta, epsilon=self.epsilon), reference_pairwise_metrics(lp, self.beta)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return rdpo_loss(margin, beta=self.beta, epsilon=self.epsilon)
 
 
 def flip_pairs(lp: LogProbs) -> LogProbs:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
 from jalign.objectives.core import PAIR, Objective, Requirements
+from jalign.objectives.margin import MarginObjective
 from jalign.objectives.metrics import reference_pairwise_metrics
 from jalign.objectives.pairwise import dpo_loss
 from jalign.objectives.registry import objective
@@ -321,15 +322,13 @@ def soft_dpo_loss(margin: Array, preference: Array, *, beta) -> Array:
     "cross-entropy on the DPO implicit reward)",
     requires=Requirements(responses=PAIR, reference=True, labels=("preference",)),
 )
-class SoftDPO(Objective):
+class SoftDPO(MarginObjective):
     """DPO with a soft label ``p = labels["preference"]``: ``p = 1`` is DPO, ``p = 1/2`` is symmetric."""
 
     beta: float = 0.1
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp))
-        losses = soft_dpo_loss(margin, label(lp, "preference"), beta=self.beta)
-        return losses, reference_pairwise_metrics(lp, self.beta)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return soft_dpo_loss(margin, label(lp, "preference"), beta=self.beta)
 
 
 def irepo_loss(margin: Array, preference: Array, *, beta, eps=1e-3) -> Array:
@@ -367,16 +366,14 @@ def irepo_loss(margin: Array, preference: Array, *, beta, eps=1e-3) -> Array:
     "Preference Optimization (squared regression of beta*h on the empirical preference logit)",
     requires=Requirements(responses=PAIR, reference=True, labels=("preference",)),
 )
-class IREPO(Objective):
+class IREPO(MarginObjective):
     """iREPO: ``(beta h - logit(p))^2`` with ``p = labels["preference"]`` clipped to ``[eps, 1-eps]``."""
 
     beta: float = 0.1
     eps: float = 1e-3
 
-    def compute(self, lp: LogProbs):
-        margin = pair_margin(log_ratios(lp))
-        losses = irepo_loss(margin, label(lp, "preference"), beta=self.beta, eps=self.eps)
-        return losses, reference_pairwise_metrics(lp, self.beta)
+    def margin_loss(self, margin: Array, lp: LogProbs) -> Array:
+        return irepo_loss(margin, label(lp, "preference"), beta=self.beta, eps=self.eps)
 
 
 def modpo_loss(margin: Array, other_margins: Array, *, beta, weights) -> Array:
