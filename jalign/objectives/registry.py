@@ -47,6 +47,8 @@ def objective(name: str, *, citation: str, requires: Requirements, strength: str
         if sampling is not None and "mixture" in sampling.sources() and sampling.mixture not in fields:
             raise ValueError(f"{name}: sampling mixture {sampling.mixture!r} is not a field")
         cls.name, cls.citation = name, citation
+        # The citation is written once, here; help() and the docs show it with the class.
+        cls.__doc__ = f"{(cls.__doc__ or name).rstrip()}\n\n    Paper: {citation}\n"
         cls.declared_requires, cls.declared_sampling, cls.strength_field = requires, sampling, strength
         _REGISTRY[name] = cls
         return cls

@@ -78,27 +78,19 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 def _set_objective(objective: Objective, path: list[str], text: str, where: str) -> Objective:
     if isinstance(objective, Sum):
-        names = _term_names(objective)
+        terms = objective.named_terms()
+        names = [name for name, _ in terms]
         if not path or path[0] not in names:
             raise ValueError(f"{where}: no objective term {path[:1]}; terms: {names}")
         index = names.index(path[0])
-        terms = list(objective.terms)
-        terms[index] = _set_objective(terms[index], path[1:], text, where)
-        return Sum(tuple(terms))
+        replaced = [term for _, term in terms]
+        replaced[index] = _set_objective(replaced[index], path[1:], text, where)
+        return Sum(tuple(replaced))
     if isinstance(objective, Scaled):
         if path == ["weight"]:
             return dataclasses.replace(objective, weight=coerce(text, float, where))
         return dataclasses.replace(objective, inner=_set_objective(objective.inner, path, text, where))
     return _set_field(objective, path, text, where)
-
-
-def _term_names(objective: Sum) -> list[str]:
-    names, seen = [], {}
-    for term in objective.terms:
-        count = seen.get(term.name, 0)
-        seen[term.name] = count + 1
-        names.append(term.name if count == 0 else f"{term.name}_{count}")
-    return names
 
 
 def _set_field(obj: Any, path: list[str], text: str, where: str) -> Any:

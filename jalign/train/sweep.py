@@ -3,9 +3,11 @@
 ``--grid objective=dpo,ipo beta=0.01,0.1`` is the Cartesian product of the
 listed values. A key is a config path (``optimizer.learning_rate``); a bare
 key that is not a config section names an objective hyperparameter, and
-``beta`` there means each objective's KL-regularisation strength (IPO's and
-the online objectives' ``tau``), so one grid spans objectives whose papers
-name it differently. Each point runs in its own ``out_dir``; the final metrics
+``beta`` there means each objective's regularisation strength
+(``Objective.strength_path``: DPO's ``beta``, IPO's ``tau``, SPPO's ``eta``,
+``dpo.beta`` in ``dpo + 0.2 * sft``), so one grid spans objectives whose
+papers name it differently. A point whose objective has no single strength
+is an error before anything runs. Each point runs in its own ``out_dir``; the final metrics
 of every point are gathered into ``sweep.csv`` and ``sweep.png``.
 """
 
@@ -23,10 +25,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jalign.objectives import Objective, Scaled, Sum  # noqa: E402
+from jalign.objectives import Objective  # noqa: E402
 from jalign.train.overrides import apply_overrides  # noqa: E402
 
-STRENGTH_ALIASES = ("beta", "tau")
+STRENGTH_KEY = "beta"
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -40,22 +42,17 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     return grid
 
 
-def _strength_field(objective: Objective) -> str:
-    fields = {f.name for f in dataclasses.fields(objective)}
-    for name in STRENGTH_ALIASES:
-        if name in fields:
-            return name
-    raise ValueError(f"{objective.name} has no KL-strength hyperparameter ({'/'.join(STRENGTH_ALIASES)}); "
-                     f"its fields: {sorted(fields)}")
-
-
 def _objective_path(objective: Objective, key: str) -> str:
-    """The override path of a bare grid key on a single or composed objective."""
-    if isinstance(objective, (Sum, Scaled)):
-        return f"objective.{key}"  # composed objectives are addressed by term: objective.dpo.beta
-    if key in STRENGTH_ALIASES:
-        return f"objective.{_strength_field(objective)}"
-    return f"objective.{key}"
+    """The override path of a bare grid key; ``beta`` is the objective's declared strength."""
+    if key != STRENGTH_KEY:
+        return f"objective.{key}"
+    path = objective.strength_path
+    if path is None:
+        terms = [name for name, term in objective.named_terms() if term.strength_path is not None]
+        why = f"its terms {terms} each have one" if len(terms) > 1 else "it has none"
+        raise ValueError(f"grid key {key!r}: {objective.name} has no single regularisation strength ({why}); "
+                         "name the hyperparameter instead, e.g. objective.<term>.<field>")
+    return f"objective.{path}"
 
 
 def point_overrides(config, point: dict[str, str]) -> list[str]:

@@ -89,7 +89,10 @@ class TokenMaskHead(nnx.Module):
     applies the final ReLU, so the mask is in ``[0, inf)``. Weights start as
     ``N(0, 0.02)``, biases at 0, the norm at scale 1 and shift 0 (the
     authors' heads get the base model's ``_init_weights``); the authors'
-    dropout is off in their default runs and is omitted.
+    dropout is off in their default runs and is omitted. With that
+    initialisation a model of very few layers can start with every mixer
+    weight negative: the ReLU'd mask is then 0 with no gradient (the
+    ``mask/density`` metric shows it).
 
     References:
       Christopoulou et al., *SparsePO*, 2024; authors' code

@@ -55,3 +55,28 @@ def test_objective_hyperparameters_single_composed_and_replaced():
 def test_typos_and_bad_values_name_the_valid_choices(assignment, message):
     with pytest.raises(ValueError, match=message):
         apply_overrides(Config(), [assignment])
+
+
+def test_sweep_strength_key_follows_each_objectives_declaration():
+    """`beta` in a grid is the declared strength: IPO's tau, a sum's one strengthened term, LCPO's inner."""
+    from jalign.objectives import lcpo, sppo
+    from jalign.train.sweep import point_overrides
+
+    assert point_overrides(Config(objective=ipo()), {"beta": "0.3"}) == ["objective.tau=0.3"]
+    assert point_overrides(Config(objective=sppo()), {"beta": "5"}) == ["objective.eta=5"]
+    composed = Config(objective=dpo() + 0.2 * sft())
+    (assignment,) = point_overrides(composed, {"beta": "0.05"})
+    assert assignment == "objective.dpo.beta=0.05"
+    assert apply_overrides(composed, [assignment]).objective.terms[0].beta == 0.05
+    wrapped = Config(objective=lcpo(inner=ipo()))
+    (assignment,) = point_overrides(wrapped, {"beta": "0.4"})
+    assert apply_overrides(wrapped, [assignment]).objective.inner.tau == 0.4
+
+
+@pytest.mark.parametrize("objective, why", [(sft(), "it has none"),
+                                            (dpo() + ipo(), r"its terms \['dpo', 'ipo'\] each have one")])
+def test_sweep_strength_key_is_refused_where_no_single_strength_exists(objective, why):
+    from jalign.train.sweep import point_overrides
+
+    with pytest.raises(ValueError, match=why):
+        point_overrides(Config(objective=objective), {"beta": "0.1"})
