@@ -31,6 +31,8 @@ from jalign.objectives.online import (
     OnlineDPO as online_dpo, OnlineIPO as online_ipo, SPPO as sppo,
 )
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
+from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
+from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
     ASFT as asft, CPO as cpo, ORPO as orpo, SimPO as simpo, TPO as tpo,
 )
@@ -45,12 +47,13 @@ from jalign.objectives.weighted import (
 from jalign.objectives.registry import make, objective, registered
 
 OBJECTIVES = (
-    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "cpo", "curry_dpo",
-    "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpo_exponential", "gpo_hinge",
-    "gpo_logistic", "gpo_savage", "gpo_squared", "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md",
-    "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda", "lipo_softmax", "list_mle", "madpo", "modpo",
-    "nash_md", "nash_md_pg", "nca", "npo", "online_dpo", "online_ipo", "orpo", "rdpo", "sft", "simpo",
-    "slic", "soft_dpo", "sparsepo", "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
+    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
+    "curry_dpo", "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpm",
+    "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
+    "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
+    "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
+    "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
+    "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
 )
 
 __all__ = [

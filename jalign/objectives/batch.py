@@ -1,7 +1,10 @@
 """The log-prob pytree that every objective consumes.
 
 A batch holds ``B`` prompts with ``G`` responses each, ``T`` token positions per
-response. Pairs put the chosen response first (``G = 2``); ranked lists carry
+response. Preference-model objectives read ``scores`` instead of log-probs:
+a reward model's ``[B, G]`` rewards, a pairwise model's ``[B, 2]`` logits of
+both orders, or a general preference model's ``[B, G, K]`` embeddings; their
+batches may carry no log-probs at all (``policy`` and ``mask`` ``None``). Pairs put the chosen response first (``G = 2``); ranked lists carry
 ``G > 2`` responses and scores; unpaired feedback has ``G = 1``. The tabular
 engine fills the same structure with one "token" per response (``T = 1``).
 
@@ -59,18 +62,20 @@ class LogProbs:
         reference-free objectives. Always treated as a constant.
       extras: per-token quantities from the kernels, each ``[B, G, T]``.
       labels: per-example or per-response labels (see the module docstring).
+      scores: a preference model's outputs (see the module docstring), or ``None``.
     """
 
-    policy: Array
-    mask: Array
+    policy: Array | None
+    mask: Array | None
     reference: Array | None = None
     extras: Mapping[str, Array] = dataclasses.field(default_factory=dict)
     labels: Mapping[str, Array] = dataclasses.field(default_factory=dict)
+    scores: Array | None = None
 
     @property
     def num_responses(self) -> int:
         """``G``, the number of responses per prompt."""
-        return self.policy.shape[1]
+        return (self.policy if self.policy is not None else self.scores).shape[1]
 
     def replace(self, **changes) -> "LogProbs":
         return dataclasses.replace(self, **changes)
@@ -78,7 +83,7 @@ class LogProbs:
 
 jax.tree_util.register_dataclass(
     LogProbs,
-    data_fields=["policy", "mask", "reference", "extras", "labels"],
+    data_fields=["policy", "mask", "reference", "extras", "labels", "scores"],
     meta_fields=[],
 )
 

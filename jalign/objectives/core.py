@@ -224,7 +224,7 @@ class Sum(Objective):
 
     @property
     def requires(self) -> Requirements:
-        needs = Requirements(responses=ANY, reference=False)
+        needs = Requirements(responses=ANY, reference=False, logprobs=False)
         for term in self.terms:
             needs = needs.union(term.requires, where=self.name)
         return needs

@@ -21,6 +21,12 @@ ANY = "any"  # any G
 
 _DESCRIPTIONS = {PAIR: "paired", SINGLE: "unpaired", TRIPLE: "triples", LIST: "listwise", ANY: "any G"}
 
+# What a preference model outputs for a batch (``LogProbs.scores``).
+REWARD = "reward"  # [B, G]: one scalar per (prompt, response)
+PAIRWISE = "pairwise"  # [B, 2]: the logit of (A, B) and of (B, A), from prompt + A + B
+EMBEDDING = "embedding"  # [B, G, K]: a K-dimensional preference embedding per (prompt, response)
+SCORES = {REWARD: 2, PAIRWISE: 2, EMBEDDING: 3}  # kind -> rank of LogProbs.scores
+
 
 def _join_responses(a: str, b: str, where: str) -> str:
     """The response shape that satisfies both ``a`` and ``b``."""
@@ -42,32 +48,52 @@ class Requirements:
       reference: whether reference log-probs are needed.
       labels: label keys needed (see ``batch.py``).
       extras: per-token extras needed (see ``batch.py``).
+      logprobs: whether the policy's per-token log-probs are needed (every
+        policy objective; not preference-model losses).
+      scores: the preference-model output needed (``"reward"``,
+        ``"pairwise"``, ``"embedding"``), or ``None``.
     """
 
     responses: str = PAIR
     reference: bool = True
     labels: tuple[str, ...] = ()
     extras: tuple[str, ...] = ()
+    logprobs: bool = True
+    scores: str | None = None
 
     def __post_init__(self):
         if self.responses not in _DESCRIPTIONS:
             raise ValueError(f"responses must be one of {sorted(_DESCRIPTIONS)}; got {self.responses!r}")
+        if self.scores is not None and self.scores not in SCORES:
+            raise ValueError(f"scores must be one of {sorted(SCORES)}; got {self.scores!r}")
 
     def union(self, other: "Requirements", where: str = "objective") -> "Requirements":
         """Everything either declaration needs; raises if their response shapes conflict."""
+        if None not in (self.scores, other.scores) and self.scores != other.scores:
+            raise ValueError(f"{where}: terms need different preference models: scores={self.scores!r} "
+                             f"and scores={other.scores!r}")
         return Requirements(
             responses=_join_responses(self.responses, other.responses, where),
             reference=self.reference or other.reference,
             labels=tuple(sorted(set(self.labels) | set(other.labels))),
-            extras=tuple(sorted(set(self.extras) | set(other.extras))))
+            extras=tuple(sorted(set(self.extras) | set(other.extras))),
+            logprobs=self.logprobs or other.logprobs,
+            scores=self.scores if self.scores is not None else other.scores)
 
     def check(self, lp, name: str) -> None:
         """Raises ``ValueError`` naming the objective and the missing input of batch ``lp``."""
-        g = lp.policy.shape[1] if lp.policy.ndim == 3 else None
-        if lp.policy.ndim != 3 or lp.mask.shape != lp.policy.shape:
+        if self.logprobs and (lp.policy is None or lp.policy.ndim != 3 or lp.mask is None
+                              or lp.mask.shape != lp.policy.shape):
             raise ValueError(
                 f"{name}: policy and mask must both be [B, G, T]; got "
-                f"{lp.policy.shape=} {lp.mask.shape=}")
+                f"policy {None if lp.policy is None else lp.policy.shape}, "
+                f"mask {None if lp.mask is None else lp.mask.shape}")
+        if self.scores is not None:
+            rank = SCORES[self.scores]
+            if lp.scores is None or lp.scores.ndim != rank:
+                shape = None if lp.scores is None else lp.scores.shape
+                raise ValueError(f"{name}: needs {self.scores} scores of rank {rank}; batch has scores {shape}")
+        g = lp.num_responses
         wrong_g = {PAIR: g != 2, SINGLE: g != 1, TRIPLE: g != 3, LIST: g < 2}.get(self.responses, False)
         if wrong_g:
             raise ValueError(f"{name}: needs responses={self.responses!r}; batch has G={g}")
@@ -83,7 +109,11 @@ class Requirements:
                 raise ValueError(f"{name}: needs extras[{key!r}]; batch has extras {sorted(lp.extras)}")
 
     def describe(self) -> str:
-        parts = [_DESCRIPTIONS[self.responses], "reference" if self.reference else "reference-free"]
+        parts = [_DESCRIPTIONS[self.responses]]
+        if self.scores is not None:
+            parts.append(f"{self.scores} scores")
+        if self.logprobs:
+            parts.append("reference" if self.reference else "reference-free")
         parts += [f"labels[{k}]" for k in self.labels]
         parts += [f"extras[{k}]" for k in self.extras]
         return ", ".join(parts)

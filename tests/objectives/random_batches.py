@@ -50,6 +50,15 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "reference_token_mask": rng.uniform(0, 1, size=shape),
     }
     as_array = lambda x: jnp.asarray(x, dtype)
+    if requires.scores is not None:
+        # Preference-model outputs of about log_ratio_scale; ranked lists' scores label their pairs.
+        shape = {"reward": (batch, g), "pairwise": (batch, 2), "embedding": (batch, g, 4)}[requires.scores]
+        scores = rng.normal(size=shape) * log_ratio_scale
+        wanted = set(requires.labels) | ({"score"} if g > 2 else {"preference"})
+        return LogProbs(policy=as_array(policy) if requires.logprobs else None,
+                        mask=jnp.asarray(mask) if requires.logprobs else None,
+                        labels={k: jnp.asarray(v, jnp.float32) for k, v in labels.items() if k in wanted},
+                        scores=as_array(scores))
     return LogProbs(
         policy=as_array(policy),
         mask=jnp.asarray(mask),

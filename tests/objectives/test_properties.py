@@ -1,7 +1,8 @@
 """Properties every registered objective must have, whatever its formula.
 
-Finite losses and gradients for sequence log-ratios up to +/-1e4 and for bf16
-inputs; float32 losses; no gradient reaching the reference. Batches are built
+Finite losses and gradients for sequence log-ratios (or preference-model
+scores) up to +/-1e4 and for bf16 inputs; float32 losses; no gradient reaching
+the reference. Batches are built
 from each objective's declared requirements (``random_batches.batch_for``).
 """
 
