@@ -75,6 +75,27 @@ def _pairwise_loss_and_metrics(logits: Array, target: Array, weight: Array, extr
     return losses, metrics
 
 
+class PairScoreObjective(Objective):
+    """Shared body: enumerate the batch's pairs, score them, cross-entropy against their labels.
+
+    Subclasses define :meth:`pair_logits`, the logit of ``P(first ≻ second)``
+    per pair from ``lp.scores``; evaluation reads it too (calibration).
+    """
+
+    def pair_logits(self, lp: LogProbs, first: Array, second: Array) -> Array:
+        """``[B, P]`` logits of ``P(first_p ≻ second_p)``."""
+        raise NotImplementedError
+
+    def extra_loss(self, lp: LogProbs, first: Array, second: Array, weight: Array) -> Array:
+        """A per-example term added to the cross-entropy (0 unless a subclass regularises)."""
+        return 0.0
+
+    def compute(self, lp: LogProbs):
+        first, second, target, weight = pair_targets(lp)
+        logits = self.pair_logits(lp, first, second)
+        return _pairwise_loss_and_metrics(logits, target, weight, self.extra_loss(lp, first, second, weight))
+
+
 def bradley_terry_loss(chosen: Array, rejected: Array, *, target=1.0, margin=0.0, center=0.0) -> Array:
     """Bradley-Terry negative log-likelihood of ``P(chosen ≻ rejected) = sigma(r_c - r_r - m)``.
 
@@ -105,29 +126,28 @@ def bradley_terry_loss(chosen: Array, rejected: Array, *, target=1.0, margin=0.0
     "instructions with human feedback, Eq. 1; TRL RewardTrainer's margin and center_rewards_coefficient",
     requires=Requirements(responses=LIST, reference=False, logprobs=False, scores=REWARD),
 )
-class BTReward(Objective):
+class BTReward(PairScoreObjective):
     """Bradley-Terry reward model: ``P(i ≻ j) = sigma(r_i - r_j)`` over a batch's pairs.
 
     ``scores`` ``[B, G]`` are rewards. An optional ``labels["margin"]`` ``[B]``
     (TRL's ``margin`` column) shifts a pair's logit; ``center`` is TRL's
     ``center_rewards_coefficient`` (default off, as in TRL). Metrics:
-    ``accuracy`` (of the pairs with a decided label), ``logloss``,
-    ``prob/mean`` and ``reward/mean``.
+    ``accuracy`` (of the pairs with a decided label), ``logloss`` and
+    ``prob/mean``.
     """
 
     center: float = 0.0
 
-    def compute(self, lp: LogProbs):
-        first, second, target, weight = pair_targets(lp)
+    def pair_logits(self, lp, first, second):
         rewards = jnp.asarray(lp.scores, jnp.float32)
         margin = jnp.asarray(lp.labels.get("margin", 0.0), jnp.float32)
         margin = jnp.reshape(margin, (-1, 1)) if margin.ndim else margin
-        logits = rewards[:, first] - rewards[:, second] - margin
-        centring = self.center * jnp.sum(weight * jnp.square(rewards[:, first] + rewards[:, second]), axis=1) \
-            / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
-        losses, metrics = _pairwise_loss_and_metrics(logits, target, weight, centring)
-        metrics["reward/mean"] = jax.lax.stop_gradient(jnp.mean(rewards, axis=1))
-        return losses, metrics
+        return rewards[:, first] - rewards[:, second] - margin
+
+    def extra_loss(self, lp, first, second, weight):
+        rewards = jnp.asarray(lp.scores, jnp.float32)
+        centring = jnp.sum(weight * jnp.square(rewards[:, first] + rewards[:, second]), axis=1)
+        return self.center * centring / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
 
 
 @objective(
@@ -138,7 +158,7 @@ class BTReward(Objective):
     "Human Feedback, Sec. 7",
     requires=Requirements(responses=PAIR, reference=False, logprobs=False, scores=PAIRWISE),
 )
-class PairwisePreference(Objective):
+class PairwisePreference(PairScoreObjective):
     """Cross-entropy of ``P(A ≻ B) = sigma(s(x, A, B) - s(x, B, A))`` against ``labels["preference"]``.
 
     ``scores`` ``[B, 2]`` hold the model's logit for the order (A, B) and for
@@ -146,11 +166,9 @@ class PairwisePreference(Objective):
     holds by construction and both orders are trained in every step.
     """
 
-    def compute(self, lp: LogProbs):
-        first, second, target, weight = pair_targets(lp)
+    def pair_logits(self, lp, first, second):
         scores = jnp.asarray(lp.scores, jnp.float32)
-        logits = (scores[:, 0] - scores[:, 1])[:, None]
-        return _pairwise_loss_and_metrics(logits, target, weight)
+        return (scores[:, 0] - scores[:, 1])[:, None]
 
 
 def skew_product(a: Array, b: Array) -> Array:
@@ -179,7 +197,7 @@ def skew_product(a: Array, b: Array) -> Array:
     "(general-preference-model, loss.py GeneralPreferenceLoss / HighDimGeneralPreferenceLoss)",
     requires=Requirements(responses=LIST, reference=False, logprobs=False, scores=EMBEDDING),
 )
-class GPM(Objective):
+class GPM(PairScoreObjective):
     """General preference model: skew-symmetric pairing of per-response preference embeddings.
 
     .. math::
@@ -197,10 +215,6 @@ class GPM(Objective):
 
     tau: float = 0.1
 
-    def compute(self, lp: LogProbs):
-        first, second, target, weight = pair_targets(lp)
+    def pair_logits(self, lp, first, second):
         embeddings = jnp.asarray(lp.scores, jnp.float32)
-        logits = skew_product(embeddings[:, first], embeddings[:, second]) / self.tau
-        losses, metrics = _pairwise_loss_and_metrics(logits, target, weight)
-        metrics["embedding/norm"] = jax.lax.stop_gradient(jnp.mean(jnp.linalg.norm(embeddings, axis=-1), axis=1))
-        return losses, metrics
+        return skew_product(embeddings[:, first], embeddings[:, second]) / self.tau

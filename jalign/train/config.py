@@ -34,6 +34,8 @@ class ModelSection:
       guide: a local Hugging Face checkpoint of a guide policy, for objectives
         whose labels it computes (TGDPO's token rewards: the guide's per-token
         log-ratio against the reference).
+      score_dim: the preference-embedding dimension of a general preference
+        model's head (``gpm``; even). Reward and pairwise heads have one output.
     """
 
     hf_dir: str | None = None
@@ -44,6 +46,7 @@ class ModelSection:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     guide: str | None = None
+    score_dim: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,10 @@ class DataSection:
       truncation: "drop", "keep_end" or "keep_start" (``jalign.data``).
       on_error: "raise" at the first malformed record, or "skip" and count.
       shuffle: reshuffle every epoch from ``train.seed``.
+      eval: a held-out file or ``datasets`` directory of the same kind,
+        evaluated every ``train.eval_every`` steps and at the end.
+      eval_fraction: without ``eval``, the share of the training records held
+        out for evaluation instead (a fixed, seeded choice).
     """
 
     train: str = ""
@@ -69,6 +76,8 @@ class DataSection:
     truncation: Literal["drop", "keep_end", "keep_start"] = "keep_end"
     on_error: Literal["raise", "skip"] = "raise"
     shuffle: bool = True
+    eval: str = ""
+    eval_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +95,10 @@ class TrainSection:
       logprob_impl: "auto", "chunked", "pallas_tpu", "pallas_gpu" or "naive".
       extras: per-token kernel extras to compute for metrics, beyond what the
         objective needs ("entropy", "ref_kl", ...).
-      eval_every: steps between calls of the run's ``evaluate`` hook (0: never).
+      eval_every: steps between evaluations of the held-out data
+        (``data.eval`` / ``data.eval_fraction``, which is also evaluated at the
+        last step) and calls of the run's ``evaluate`` hook (0: the hook never
+        runs, held-out data only at the end).
       reference: "model" runs the reference forward every step (a frozen copy,
         or the LoRA base); "precomputed" scores the data once before training
         and keeps the log-probs with it (no reference weights on device;

@@ -9,17 +9,20 @@ again with the same command continues to exactly the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jalign.data import Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
 from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
+from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
 from jalign.sharding import global_batch, make_mesh, place
 from jalign.train.checkpoint import Checkpointer
@@ -28,7 +31,8 @@ from jalign.train.metrics_log import MetricsWriter, Progress, scalars
 from jalign.train.optim import make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
-from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
+from jalign.train.evaluation import aggregate, make_eval_step
+from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step
 from jalign.train.token_inputs import add_token_mask_head, trainable_filter
 
 Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
@@ -49,6 +53,8 @@ class Run:
     frozen: FrozenModels
     plan: Plan
     step_fn: Callable
+    eval_fn: Callable
+    eval_data: Any
     iterator: Any
     tokenizer: Any
     data_report: dict
@@ -76,6 +82,12 @@ def build_model(exp: Experiment, plan: Plan | None = None) -> tuple[nnx.Module, 
                       targets=section.lora_targets, rngs=nnx.Rngs(section.init_seed + 1))
     if plan is not None and plan.needs_mask_head:
         add_token_mask_head(model, rngs=nnx.Rngs(section.init_seed + 2))
+    loaded_head = getattr(model, "score_head", None)
+    if plan is not None and plan.scores is not None and loaded_head is None:
+        add_score_head(model, plan.scores, outputs=section.score_dim, rngs=nnx.Rngs(section.init_seed + 3))
+    elif plan is not None and plan.scores is not None and loaded_head.kind != plan.scores:
+        raise ValueError(f"{section.hf_dir} holds a {loaded_head.kind} head; {exp.objective.name} trains a "
+                         f"{plan.scores} head")
     return model, tokenizer
 
 
@@ -97,18 +109,23 @@ def build(exp: Experiment) -> Run:
     """Plan, model, reference, data pipeline, optimizer and the jitted step."""
     plan = plan_for(exp)
     model, tokenizer = build_model(exp, plan)
-    trainable = trainable_filter(lora=exp.model.lora_rank > 0, mask_head=plan.needs_mask_head)
+    heads = (("token_mask_head",) if plan.needs_mask_head else ()) + (("score_head",) if plan.scores else ())
+    trainable = trainable_filter(lora=exp.model.lora_rank > 0, heads=heads)
     graphdef, params, rest = nnx.split(model, trainable, ...)
-    data = read_preferences(
-        exp.data.train, tokenizer, kind=exp.data.kind, preference_field=exp.data.preference_field,
-        labels=plan.data_labels, on_error=exp.data.on_error,
-        tokenization=Tokenization(max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
-                                  truncation=exp.data.truncation))
+    tokenization = Tokenization(max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
+                                truncation=exp.data.truncation)
+    read = functools.partial(read_preferences, tokenizer=tokenizer, kind=exp.data.kind,
+                             preference_field=exp.data.preference_field, labels=plan.data_labels,
+                             on_error=exp.data.on_error, tokenization=tokenization)
+    data = read(exp.data.train)
+    data, eval_data = _held_out(exp, data, read)
     if plan.reference == PRECOMPUTED:
         reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
-        data = precompute_reference(data, reference_model, batch_size=exp.train.batch_size,
-                                    impl=exp.train.logprob_impl,
-                                    cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
+        precompute = functools.partial(precompute_reference, reference=reference_model,
+                                       batch_size=exp.train.batch_size, impl=exp.train.logprob_impl)
+        data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
+        if eval_data is not None:
+            eval_data = precompute(eval_data, cache=pathlib.Path(exp.train.out_dir) / "eval_reference_logprobs.npz")
     guide_graphdef, guide_state = None, None
     if plan.needs_guide:
         guide_graphdef, guide_state = nnx.split(_load_decoder(exp.model, exp.model.guide, 0))
@@ -125,11 +142,39 @@ def build(exp: Experiment) -> Run:
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
     step = make_step(graphdef, rest, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
+    eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, rest, plan, impl=exp.train.logprob_impl,
+                                                   guide_graphdef=guide_graphdef)))
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
     sample = _device_batch(dataset[0], mesh)
     jitted, sharding, frozen_sharding = jit_step(step, mesh, state, frozen, sample, exp.objective, tx)
     return Run(graphdef, rest, place(state, sharding), sharding, place(frozen, frozen_sharding), plan, jitted,
-               iterator, tokenizer, data.report.as_dict(), mesh)
+               eval_fn, eval_data, iterator, tokenizer, data.report.as_dict(), mesh)
+
+
+def _held_out(exp: Experiment, data, read):
+    """``(train, eval)``: a separate eval file, a seeded fraction of the training records, or no eval."""
+    if exp.data.eval:
+        return data, read(exp.data.eval)
+    if not exp.data.eval_fraction:
+        return data, None
+    if not 0 < exp.data.eval_fraction < 1:
+        raise ValueError(f"data.eval_fraction must be in (0, 1); got {exp.data.eval_fraction}")
+    order = np.random.default_rng(exp.train.seed).permutation(len(data.examples))
+    count = max(1, int(round(exp.data.eval_fraction * len(order))))
+    held = set(order[:count].tolist())
+    if count >= len(order):
+        raise ValueError(f"data.eval_fraction={exp.data.eval_fraction} leaves no training records")
+    keep = [e for i, e in enumerate(data.examples) if i not in held]
+    return (dataclasses.replace(data, examples=keep),
+            dataclasses.replace(data, examples=[e for i, e in enumerate(data.examples) if i in held]))
+
+
+def evaluate_held_out(run: Run, exp: Experiment) -> dict[str, float]:
+    """The objective's metrics over the whole held-out set (``jalign.train.evaluation``), prefixed ``eval/``."""
+    batches = preference_batches(run.eval_data, batch_size=exp.train.batch_size, shuffle=False, num_epochs=1)
+    outputs = (run.eval_fn(run.state.params, run.frozen, _device_batch(batch, run.mesh), exp.objective)
+               for batch in batches)
+    return {f"eval/{k}": v for k, v in aggregate(outputs, run.eval_data.num_responses).items()}
 
 
 def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
@@ -176,13 +221,16 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 raise NonFiniteLossError(
                     f"non-finite loss or gradient at step {step}; state not updated, last good checkpoint: "
                     f"step {checkpointer.latest_step()} in {checkpointer.directory}")
-            if step % exp.train.log_every == 0 or step == end:
-                last = scalars(metrics)
-                if evaluate is not None and exp.train.eval_every and (step % exp.train.eval_every == 0
-                                                                      or step == exp.train.steps):
-                    last.update(evaluate(step, *policy_and_reference(run)))
-                writer.write(step, last)
-                bar.advance_to(step, last)
+            row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
+            eval_due = exp.train.eval_every and step % exp.train.eval_every == 0
+            if run.eval_data is not None and (eval_due or step == exp.train.steps):
+                row.update(evaluate_held_out(run, exp))
+            if evaluate is not None and (eval_due or (exp.train.eval_every and step == exp.train.steps)):
+                row.update(evaluate(step, *policy_and_reference(run)))
+            if row:
+                last.update(row)
+                writer.write(step, row)
+                bar.advance_to(step, row)
             checkpoint_due = exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
             if checkpoint_due or step == exp.train.steps:
                 checkpointer.save(step, run.state, run.iterator.get_state())

@@ -9,6 +9,8 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
 - per-token extras, from the fused log-prob kernels (``entropy``,
   ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
   (SparsePO's masks);
+- a preference model's scores (``bt_reward``, ``pairwise_preference``,
+  ``gpm``), from a head on the trained decoder (``jalign.models.preference_heads``);
 - labels, from the data's own fields (``preference``, ``score``,
   ``desirable``, ``other_rewards``) or computed in the step: KTO's
   ``kl_estimate`` from mismatched prompt/completion pairs of the batch and
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jalign.data.formats import LABEL_FIELDS, intrinsic_labels
+from jalign.models.preference_heads import preference_scores
 from jalign.models.scoring import Responses, encode_responses, frozen, token_logprobs
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.declaration import ANY, LIST, PAIR, SINGLE, TRIPLE
@@ -62,6 +65,9 @@ class Plan:
       computed_labels: labels computed in the step (``kl_estimate``, ``guide_log_ratio``).
       mask_extras: SparsePO masks computed in the step (``token_mask_logits``,
         ``reference_token_mask``).
+      logprobs: whether the policy's per-token log-probs are computed.
+      scores: the preference-model head the trained decoder carries
+        (``"reward"``, ``"pairwise"``, ``"embedding"``), or None.
     """
 
     reference: str = NONE
@@ -69,6 +75,8 @@ class Plan:
     data_labels: tuple[str, ...] = ()
     computed_labels: tuple[str, ...] = ()
     mask_extras: tuple[str, ...] = ()
+    logprobs: bool = True
+    scores: str | None = None
 
     @property
     def needs_guide(self) -> bool:
@@ -116,7 +124,8 @@ def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str],
         missing.append(f"{needs.responses} responses: the data is {data_kind}; give {wanted} data "
                        "(see the README's data formats)")
     own_extras = set(needs.extras)
-    metric_only = [e for e in metric_extras if e not in own_extras]
+    # A pure preference-model objective computes no log-probs, so there are no kernel metrics to add.
+    metric_only = [e for e in metric_extras if e not in own_extras] if needs.logprobs else []
     kernel_extras = sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))
     mask_extras = sorted(own_extras & set(MASK_EXTRAS))
     for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
@@ -158,7 +167,8 @@ def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str],
     if missing:
         raise RefusedObjective(f"`jalign train` cannot serve {name}:\n  - " + "\n  - ".join(missing))
     return Plan(reference=reference, kernel_extras=tuple(kernel_extras), data_labels=tuple(data_labels),
-                computed_labels=tuple(computed), mask_extras=tuple(mask_extras))
+                computed_labels=tuple(computed), mask_extras=tuple(mask_extras), logprobs=needs.logprobs,
+                scores=needs.scores)
 
 
 def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:
@@ -188,13 +198,16 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
     Returns:
       ``LogProbs`` with ``[B, G, R]`` fields.
     """
+    labels = dict(batch.get("labels", {}))
+    scores = None if plan.scores is None else preference_scores(policy, batch)
+    if not plan.logprobs:
+        return LogProbs(policy=None, mask=None, labels=labels, scores=scores)
     own = encode_responses(policy, batch)
     ref_logprobs, ref_view = _reference_logprobs(plan, reference, batch, impl)
     out = token_logprobs(own, batch["response_tokens"], extras=plan.kernel_extras, impl=impl, top_k=top_k,
                          kl_to=ref_view if "ref_kl" in plan.kernel_extras else None)
     extras = {name: getattr(out, name) for name in plan.kernel_extras}
     extras.update(_mask_extras(plan, policy, ref_view))
-    labels = dict(batch.get("labels", {}))
     if "kl_estimate" in plan.computed_labels:
         labels["kl_estimate"] = mismatched_kl_estimate(policy, reference, batch, impl=impl)
     if plan.needs_guide:
@@ -202,7 +215,7 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
     return LogProbs(
         policy=out.logprobs, mask=own.target_mask.astype(jnp.float32),
         reference=None if ref_logprobs is None else jax.lax.stop_gradient(ref_logprobs),
-        extras=extras, labels=labels)
+        extras=extras, labels=labels, scores=scores)
 
 
 def _mask_extras(plan: Plan, policy: Any, ref_view: Responses | None) -> dict:

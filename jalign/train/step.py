@@ -53,6 +53,8 @@ def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
     ``kl/ref_kl`` the exact per-sequence KL(pi_ref || pi) summed over tokens and
     ``entropy`` the mean per-token policy entropy, when those extras exist.
     """
+    if lp.mask is None:  # a preference model's batch: scores only
+        return {}
     out = {"length": jnp.mean(jnp.sum(lp.mask, axis=-1))}
     if lp.reference is not None:
         out["kl/logratio"] = jnp.mean(jax.lax.stop_gradient(log_ratios(lp)))
@@ -85,9 +87,9 @@ class FrozenModels:
 jax.tree_util.register_dataclass(FrozenModels, data_fields=["reference", "guide"], meta_fields=[])
 
 
-def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, plan: Plan, *,
-              impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
-    """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted.
+def make_logprobs(graphdef: nnx.GraphDef, rest: Any, plan: Plan, *, impl: str = "auto",
+                  guide_graphdef: nnx.GraphDef | None = None) -> Callable:
+    """``logprobs(params, frozen, batch) -> LogProbs`` as the plan says, for the train and eval steps.
 
     ``frozen`` is a :class:`FrozenModels`. The plan decides the reference: a
     frozen copy (``frozen.reference``), the policy itself with LoRA adapters
@@ -101,10 +103,21 @@ def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformatio
             return nnx.merge(graphdef, frozen.reference, rest)
         return None
 
-    def loss_fn(params, frozen: FrozenModels, batch, objective: Objective):
+    def logprobs(params, frozen: FrozenModels, batch) -> LogProbs:
         policy = nnx.merge(graphdef, params, rest)
         guide = None if frozen.guide is None else nnx.merge(guide_graphdef, frozen.guide)
-        lp = batch_logprobs(plan, policy, reference_model(policy, frozen), batch, impl=impl, guide=guide)
+        return batch_logprobs(plan, policy, reference_model(policy, frozen), batch, impl=impl, guide=guide)
+
+    return logprobs
+
+
+def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, plan: Plan, *,
+              impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
+    """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted (see :func:`make_logprobs`)."""
+    logprobs = make_logprobs(graphdef, rest, plan, impl=impl, guide_graphdef=guide_graphdef)
+
+    def loss_fn(params, frozen: FrozenModels, batch, objective: Objective):
+        lp = logprobs(params, frozen, batch)
         loss, metrics = objective(lp)
         return loss, {**metrics, **diagnostics(lp)}
 

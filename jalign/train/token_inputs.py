@@ -125,12 +125,12 @@ def add_token_mask_head(model: nnx.Module, *, rngs: nnx.Rngs) -> None:
     model.token_mask_head = TokenMaskHead(model.cfg.num_layers, model.cfg.hidden_size, rngs=rngs)
 
 
-def trainable_filter(*, lora: bool, mask_head: bool):
-    """What the optimizer trains: every parameter, or LoRA adapters (and a mask head)."""
+def trainable_filter(*, lora: bool, heads: tuple[str, ...] = ()):
+    """What the optimizer trains: every parameter, or LoRA adapters plus any added heads (by attribute name)."""
     if not lora:
         return nnx.Param
-    if mask_head:
-        return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("token_mask_head")))
+    if heads:
+        return nnx.Any(nnx.LoRAParam, *(nnx.All(nnx.Param, nnx.PathContains(head)) for head in heads))
     return nnx.LoRAParam
 
 
