@@ -7,6 +7,14 @@ safetensors shards of a local directory, transforms it, checks its shape and
 fills the parameter. `save_hf` inverts the table and writes safetensors plus a
 config.json that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
+Reward models: a ``*ForSequenceClassification`` checkpoint (every family here)
+holds the same decoder, no ``lm_head``, and ``score.weight`` [N, E]. It loads
+as a tied `Decoder` (see `config_from_hf`) with a ``ScoreHead`` ``[E, N]`` as
+``model.score_head``, and a model carrying one is saved that way.
+transformers pools the rightmost token that is not ``pad_token_id``, where
+jalign reads the last token of the mask: they agree when the pad id never
+occurs inside a sequence (so not when pad is EOS and sequences end in EOS).
+
 HF linear weights are [out, in]; jalign kernels are [in, out] with heads
 split out (q: [E, N, D], o: [N, D, E]). GPT-2 Conv1D weights are already
 [in, out], and its c_attn packs q, k and v.
@@ -25,8 +33,12 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.flax import save_file
 
-from jalign.models.config import ModelConfig, config_from_hf, config_to_hf
+from jalign.models.config import ModelConfig, config_from_hf, config_to_hf, num_labels, read_hf_config
 from jalign.models.decoder import Decoder
+from jalign.models.preference_heads import add_score_head
+
+# config.json key recording a score head's kind (a "pairwise" head is [E, 1] like a "reward" one).
+SCORE_KIND_KEY = "jalign_score_kind"
 
 # Buffers some exporters write that carry no parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
@@ -136,14 +148,21 @@ def _layer_entries(cfg: ModelConfig, i: int) -> list[Entry]:
     return t
 
 
-def weight_table(cfg: ModelConfig) -> list[Entry]:
-    """The HF <-> jalign parameter table for ``cfg``'s family."""
+def weight_table(cfg: ModelConfig, *, score: bool = False) -> list[Entry]:
+    """The HF <-> jalign parameter table for ``cfg``'s family.
+
+    ``score``: a ``*ForSequenceClassification`` model, ``score.weight`` [N, E]
+    <-> ``score_head.kernel`` [E, N] in place of any ``lm_head``.
+    """
     if cfg.model_type == "gpt2":
-        return _gpt2_table(cfg)
-    t = [_same("model.embed_tokens.weight", "embed"), _same("model.norm.weight", "final_norm.scale")]
-    for i in range(cfg.num_layers):
-        t += _layer_entries(cfg, i)
-    if not cfg.tie_embeddings:
+        t = _gpt2_table(cfg)
+    else:
+        t = [_same("model.embed_tokens.weight", "embed"), _same("model.norm.weight", "final_norm.scale")]
+        for i in range(cfg.num_layers):
+            t += _layer_entries(cfg, i)
+    if score:
+        t.append(_linear("score.weight", "score_head.kernel"))
+    elif not cfg.tie_embeddings:
         t.append(_linear("lm_head.weight", "lm_head.kernel"))
     return t
 
@@ -184,25 +203,49 @@ def _load_entry(cfg: ModelConfig, entry: Entry, index: dict[str, str],
     return entry.load(cfg, *raw)
 
 
-def load_hf(directory: str, **overrides) -> Decoder:
+def _score_kind(hf: dict, labels: int, kind: str | None) -> str:
+    """The head kind: ``kind``, else the one recorded by `save_hf`, else reward (N = 1) / embedding."""
+    kind = kind or hf.get(SCORE_KIND_KEY) or ("reward" if labels == 1 else "embedding")
+    one_output = kind != "embedding"          # reward and pairwise heads are [E, 1]
+    if one_output != (labels == 1):
+        raise ValueError(f"a {kind!r} score head does not fit num_labels={labels}")
+    return kind
+
+
+def _abstract_model(cfg: ModelConfig, head: tuple[str, int] | None) -> Decoder:
+    def build():
+        model = Decoder(cfg, rngs=nnx.Rngs(0))
+        if head is not None:
+            add_score_head(model, head[0], outputs=head[1], rngs=nnx.Rngs(0))
+        return model
+    return nnx.eval_shape(build)
+
+
+def load_hf(directory: str, *, score_kind: str | None = None, **overrides) -> Decoder:
     """Loads a HF checkpoint directory (config.json + safetensors) into a `Decoder`.
 
+    A ``*ForSequenceClassification`` checkpoint with ``N`` labels also fills
+    ``model.score_head``, a `ScoreHead` of kind ``score_kind`` (default: the
+    kind `save_hf` recorded, else "reward" for N = 1 and "embedding" otherwise).
     ``overrides`` set `ModelConfig` fields such as ``dtype``/``param_dtype``/``remat``.
     Raises ValueError naming the file and tensor on any shape mismatch, and on
     tensors the table does not know.
     """
-    cfg = config_from_hf(directory, **overrides)
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    hf = read_hf_config(directory)
+    cfg = config_from_hf(hf, **overrides)
+    labels = num_labels(hf)
+    head = None if labels is None else (_score_kind(hf, labels, score_kind), labels)
+    graphdef, state = nnx.split(_abstract_model(cfg, head))
     targets = dict(nnx.to_flat_state(state))
     index = _shard_index(directory)
     filled = {}
-    for entry in weight_table(cfg):
+    table = weight_table(cfg, score=head is not None)
+    for entry in table:
         abstract_vars = [targets[_path(p)] for p in entry.paths]
         values = _load_entry(cfg, entry, index, [v.shape for v in abstract_vars])
         for path, var, value in zip(entry.paths, abstract_vars, values):
-            filled[_path(path)] = var.replace(jnp.asarray(value, cfg.param_dtype))
-    used = {k for entry in weight_table(cfg) for k in entry.hf}
+            filled[_path(path)] = var.replace(jnp.asarray(value, var.dtype))
+    used = {k for entry in table for k in entry.hf}
     unknown = [k for k in index if k not in used and not k.endswith(_IGNORED_SUFFIXES)
                and not (cfg.tie_embeddings and k == "lm_head.weight")]
     if unknown:
@@ -213,21 +256,39 @@ def load_hf(directory: str, **overrides) -> Decoder:
     return nnx.merge(graphdef, nnx.from_flat_state(list(filled.items())))
 
 
-def save_hf(model: Decoder, directory: str) -> None:
+def _hf_config(model: Decoder, pad_token_id: int | None) -> dict:
+    """config.json of ``model``: a causal LM, or a sequence classifier when it has a score head."""
+    head = getattr(model, "score_head", None)
+    if head is None:
+        return config_to_hf(model.cfg)
+    cfg = model.cfg if pad_token_id is None else model.cfg.replace(pad_token_id=pad_token_id)
+    if cfg.pad_token_id is None:
+        raise ValueError("a score head is exported as *ForSequenceClassification, which pools the "
+                         "rightmost token != pad_token_id: pass pad_token_id= or set cfg.pad_token_id")
+    hf = config_to_hf(cfg, labels=head.kernel.shape[-1])
+    hf[SCORE_KIND_KEY] = head.kind
+    return hf
+
+
+def save_hf(model: Decoder, directory: str, *, pad_token_id: int | None = None) -> None:
     """Writes ``model`` as a HF checkpoint: model.safetensors + config.json.
 
-    LoRA adapters, if any, must be merged first (`jalign.models.lora.merge`).
+    A model with a ``score_head`` is written as ``*ForSequenceClassification``:
+    ``score.weight`` [N, E], no ``lm_head`` (untied LM heads are dropped), and
+    ``pad_token_id`` (this argument, else ``model.cfg.pad_token_id``; one is
+    required). LoRA adapters, if any, must be merged first (`jalign.models.lora.merge`).
     """
     cfg = model.cfg
     if nnx.state(model, nnx.LoRAParam):
         raise ValueError("model has LoRA adapters; merge them first (jalign.models.lora.merge)")
+    hf = _hf_config(model, pad_token_id)
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors = {}
-    for entry in weight_table(cfg):
+    for entry in weight_table(cfg, score=getattr(model, "score_head", None) is not None):
         values = entry.save(cfg, *(params[_path(p)][...] for p in entry.paths))
         for key, value in zip(entry.hf, values):
             tensors[key] = jnp.asarray(value, cfg.param_dtype)
     os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config_to_hf(cfg), f, indent=2)
+        json.dump(hf, f, indent=2)

@@ -53,7 +53,7 @@ class ModelConfig:
     final_softcap: float | None = None  # final_logit_softcapping
     sliding_window: int | None = None  # sliding_window (key i-W < j <= i)
     layer_types: tuple[str, ...] = ()  # layer_types: "full_attention" | "sliding_attention"
-    tie_embeddings: bool = False       # tie_word_embeddings
+    tie_embeddings: bool = False       # tie_word_embeddings (always True for *ForSequenceClassification)
     embed_scale: bool = False          # Gemma: embeddings times sqrt(hidden_size)
     bos_token_id: int | None = None    # bos_token_id
     eos_token_id: int | None = None    # eos_token_id (first one when a list)
@@ -168,15 +168,18 @@ def config_from_hf(hf: dict | str | os.PathLike, **overrides: Any) -> ModelConfi
     """Builds a ModelConfig from a HF config dict, a config.json, or its directory.
 
     ``overrides`` set non-HF fields such as ``dtype``, ``param_dtype``, ``remat``.
+    A ``*ForSequenceClassification`` checkpoint has no ``lm_head``, so its
+    decoder is tied (``tie_embeddings=True``) whatever ``tie_word_embeddings``
+    says: `Decoder.logits` then reads the embedding, and the score head
+    (`jalign.models.checkpoint.load_hf`) is what the checkpoint was trained for.
     """
-    if not isinstance(hf, dict):
-        path = os.path.join(hf, "config.json") if os.path.isdir(hf) else hf
-        with open(path) as f:
-            hf = json.load(f)
+    hf = read_hf_config(hf)
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"unsupported model_type {model_type!r}; supported: {FAMILIES}")
     fields = _gpt2_fields(hf) if model_type == "gpt2" else _rope_family_fields(hf, model_type)
+    if num_labels(hf) is not None:     # a reward model has no LM head: logits use the embedding
+        fields.update(tie_embeddings=True)
     fields.update(model_type=model_type, vocab_size=hf["vocab_size"],
                   bos_token_id=_first(hf.get("bos_token_id")),
                   eos_token_id=_first(hf.get("eos_token_id")),
@@ -185,10 +188,34 @@ def config_from_hf(hf: dict | str | os.PathLike, **overrides: Any) -> ModelConfi
     return ModelConfig(**fields)
 
 
+def read_hf_config(hf: dict | str | os.PathLike) -> dict:
+    """A HF config dict, read from a config.json or its directory unless already a dict."""
+    if isinstance(hf, dict):
+        return hf
+    path = os.path.join(hf, "config.json") if os.path.isdir(hf) else hf
+    with open(path) as f:
+        return json.load(f)
+
+
+def num_labels(hf: dict) -> int | None:
+    """``N`` of a ``*ForSequenceClassification`` config (``score.weight`` is [N, E]); None otherwise.
+
+    transformers writes ``id2label`` rather than ``num_labels``, and defaults to 2 labels.
+    """
+    if not any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ()):
+        return None
+    return len(hf["id2label"]) if hf.get("id2label") else int(hf.get("num_labels", 2))
+
+
 _HF_ACT = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
          "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+_SEQ_CLS_ARCH = {"llama": "LlamaForSequenceClassification",
+                 "mistral": "MistralForSequenceClassification",
+                 "qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification",
+                 "gemma": "GemmaForSequenceClassification",
+                 "gemma2": "Gemma2ForSequenceClassification", "gpt2": "GPT2ForSequenceClassification"}
 
 
 def _rope_parameters(cfg: ModelConfig) -> dict:
@@ -202,13 +229,22 @@ def _rope_parameters(cfg: ModelConfig) -> dict:
     return rope
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    """Inverse of `config_from_hf`: a dict `transformers.AutoConfig` accepts."""
+def config_to_hf(cfg: ModelConfig, *, labels: int | None = None) -> dict:
+    """Inverse of `config_from_hf`: a dict `transformers.AutoConfig` accepts.
+
+    ``labels=N`` describes a ``*ForSequenceClassification`` model with ``N``
+    outputs (``id2label``/``label2id`` as transformers writes them) instead of
+    a causal LM.
+    """
+    arch = (_ARCH if labels is None else _SEQ_CLS_ARCH)[cfg.model_type]
     hf: dict[str, Any] = dict(
-        model_type=cfg.model_type, architectures=[_ARCH[cfg.model_type]],
+        model_type=cfg.model_type, architectures=[arch],
         vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
         pad_token_id=cfg.pad_token_id, dtype=cfg.param_dtype)
+    if labels is not None:
+        hf.update(id2label={str(i): f"LABEL_{i}" for i in range(labels)},
+                  label2id={f"LABEL_{i}": i for i in range(labels)})
     if cfg.model_type == "gpt2":
         act = "gelu_new" if cfg.activation == "gelu_tanh" else cfg.activation
         hf.update(n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,

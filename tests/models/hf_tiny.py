@@ -37,11 +37,17 @@ HF_CONFIGS = {
 FAMILIES = tuple(HF_CONFIGS)
 
 
-def build_torch_model(family: str):
-    """A randomised fp32 torch model of ``family`` with eager attention."""
+def build_torch_model(family: str, auto=transformers.AutoModelForCausalLM, **config_changes):
+    """A randomised fp32 torch model of ``family`` with eager attention.
+
+    ``auto`` picks the head (``AutoModelForSequenceClassification`` for a
+    reward model); ``config_changes`` set config attributes such as ``num_labels``.
+    """
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        HF_CONFIGS[family](), attn_implementation="eager", dtype=torch.float32)
+    config = HF_CONFIGS[family]()
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    model = auto.from_config(config, attn_implementation="eager", dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             is_norm = "norm" in name or ".ln_" in name
@@ -64,6 +70,39 @@ def padded_batch(seed: int = 0, vocab: int = 128, length: int = 12):
     tokens[~mask] = 0
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
     return tokens, mask, positions
+
+
+def reward_batch(seed: int = 0, vocab: int = 128, pad: int = 0):
+    """Prompt/response pairs in jalign's batch layout and as HF sequences.
+
+    Rows have prompt lengths 5, 2, 6 (of P = 6, left-padded) and response
+    lengths 4, 6, 1 (of R = 6, right-padded). Real tokens are drawn from
+    [3, vocab) so none equals ``pad``. Returns ``(batch, tokens, mask)``:
+    the dict {prompt_tokens [B, P], prompt_mask, response_tokens [B, 1, R],
+    response_mask} and the same rows as prompt+response, right-padded with
+    ``pad`` to [B, P + R] with their mask.
+    """
+    rng = np.random.default_rng(seed)
+    prompt_len, response_len, p, r = (5, 2, 6), (4, 6, 1), 6, 6
+    batch = {k: np.full((3, n), pad, np.int32) for k, n in (("prompt_tokens", p), ("response_tokens", r))}
+    batch.update(prompt_mask=np.zeros((3, p), bool), response_mask=np.zeros((3, r), bool))
+    tokens, mask = np.full((3, p + r), pad, np.int32), np.zeros((3, p + r), bool)
+    for i, (n, m) in enumerate(zip(prompt_len, response_len)):
+        prompt, response = rng.integers(3, vocab, n), rng.integers(3, vocab, m)
+        batch["prompt_tokens"][i, p - n:], batch["prompt_mask"][i, p - n:] = prompt, True
+        batch["response_tokens"][i, :m], batch["response_mask"][i, :m] = response, True
+        tokens[i, :n + m], mask[i, :n + m] = np.concatenate([prompt, response]), True
+    batch["response_tokens"] = batch["response_tokens"][:, None]
+    batch["response_mask"] = batch["response_mask"][:, None]
+    return batch, tokens, mask
+
+
+def torch_scores(model, tokens, mask) -> np.ndarray:
+    """``logits`` [B, N] of a ``*ForSequenceClassification`` model, which pools the rightmost non-pad token."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                    attention_mask=torch.tensor(mask, dtype=torch.long))
+    return out.logits.float().numpy()
 
 
 def torch_logits(model, tokens, mask, positions) -> np.ndarray:
