@@ -29,7 +29,7 @@ from jalign.train.config import DataSection, Experiment, ModelSection, TrainSect
 from jalign.train.optim import OptimizerConfig  # noqa: E402
 
 OUT = pathlib.Path("runs/reward_model")
-NUM_PAIRS = 2000
+NUM_PAIRS = 3000
 
 
 def preference_pairs(rng: np.random.Generator, n: int) -> list[dict]:
@@ -58,5 +58,5 @@ def experiment() -> Experiment:
         data=DataSection(train=str(data), max_length=48, eval_fraction=0.2),
         objective=bt_reward(),
         optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=20, schedule="cosine"),
-        train=TrainSection(steps=300, batch_size=32, out_dir=str(OUT), log_every=50, eval_every=100,
+        train=TrainSection(steps=400, batch_size=32, out_dir=str(OUT), log_every=50, eval_every=100,
                            extras=()))
