@@ -171,7 +171,7 @@ def _minimise(loss, init, *, max_iter: int, tol: float):
     def going(carry):
         _, state = carry
         count = optax.tree_utils.tree_get(state, "count")
-        grad_norm = optax.tree_utils.tree_l2_norm(optax.tree_utils.tree_get(state, "grad"))
+        grad_norm = optax.tree_utils.tree_norm(optax.tree_utils.tree_get(state, "grad"))
         return (count == 0) | ((count < max_iter) & (grad_norm >= tol))
 
     params, _ = jax.lax.while_loop(going, step, (init, solver.init(init)))

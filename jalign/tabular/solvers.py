@@ -189,7 +189,7 @@ def nash_equilibrium(preference, *, atol: float = 1e-7) -> NashEquilibrium:
     least half the time) iff
 
     .. math::
-        \pi \in \Delta_K, \qquad A \pi \le 0 \quad (P(y \succ \pi) \le 1/2 \ \forall y),
+        \\pi \\in \\Delta_K, \\qquad A \\pi \\le 0 \\quad (P(y \\succ \\pi) \\le 1/2 \\ \\forall y),
 
     and the game's value is 0. The set is a polytope; it is found by linear
     programming (SciPy's HiGHS dual simplex): the classic LP ``max v s.t.
