@@ -1,6 +1,6 @@
 """Zhang et al. 2024 (GPM): cyclic preferences that no Bradley-Terry reward can represent.
 
-The paper's motivating claim (Sec. 3 and its cyclic-preference experiment): a
+The paper's motivating claim (and its cyclic-preference experiment): a
 Bradley-Terry reward orders the responses, so on a non-transitive preference
 it gets at least one comparison of every cycle wrong, while a general
 preference model ``P(i ≻ j) = sigma(<R v_i, v_j> / tau)`` with a skew-symmetric

@@ -180,8 +180,8 @@ def _minimise(loss, init, *, max_iter: int, tol: float):
 
 def _binary_entropy(preference: Array, weights: Array) -> Array:
     """Weighted mean over ordered pairs of ``H(P_ij)``: the cross-entropy floor."""
-    p = jnp.clip(preference, 1e-12, 1 - 1e-12)
-    return jnp.sum(weights * (-p * jnp.log(p) - (1 - p) * jnp.log(1 - p))) / jnp.sum(weights)
+    entropy = jax.scipy.special.entr(preference) + jax.scipy.special.entr(1.0 - preference)  # 0 for hard labels
+    return jnp.sum(weights * entropy) / jnp.sum(weights)
 
 
 def _summary(preference, weights, params, loss, logits_of) -> PreferenceFit:
@@ -300,7 +300,7 @@ def fit_gpm(preference: Array, rank: int, weights: Array | None = None, *, tau=1
 
     References:
       Zhang et al., *General Preference Modeling with Preference
-      Representations for Aligning Language Models*, 2024 (Sec. 3, the
+      Representations for Aligning Language Models*, 2024 (the
       skew-symmetric preference embedding).
     """
     if rank < 1:
