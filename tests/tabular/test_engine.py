@@ -157,9 +157,11 @@ def test_offline_objective_without_data_is_an_error(game):
 
 
 def _engine_can_feed_offline(cls):
+    """Offline policy objectives on pairs; preference-model losses (scores, no log-probs) are fitted by
+    ``tb.fit_bt`` / ``tb.fit_gpm`` instead (tests/tabular/test_preference_models.py)."""
     requires = cls().requires
     return (tb.sampling_of(cls()) is None and requires.responses in ("pair", "any") and not requires.extras
-            and set(requires.labels) <= {"preference"})
+            and set(requires.labels) <= {"preference"} and requires.scores is None)
 
 
 def test_every_registered_pairwise_objective_runs_unchanged(game):

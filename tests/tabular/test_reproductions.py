@@ -145,3 +145,41 @@ def test_tajwar_bandit_quick(tmp_path):
 @pytest.mark.slow
 def test_tajwar_bandit_full(tmp_path):
     _check_bandit(_run("tajwar_bandit", tmp_path, quick=False), _load("tajwar_bandit"), slack=0.01)
+
+
+def _hand_cycle(k, margin):
+    """P[y, y + 1 mod k] = 1/2 + margin, its transpose 1/2 - margin, else 1/2."""
+    p = np.full((k, k), 0.5)
+    for y in range(k):
+        p[y, (y + 1) % k], p[(y + 1) % k, y] = 0.5 + margin, 0.5 - margin
+    return p
+
+
+def _check_gpm_cycles(numbers):
+    entry = numbers["tabular"]
+    games = {game["name"]: game for game in entry["games"]}
+    for k in entry["cycles"]:
+        game, p = games[f"{k}-cycle"], _hand_cycle(k, entry["margin"])
+        assert game["bt_best_accuracy"] == pytest.approx((k - 1) / k, abs=1e-6)  # one cycle edge must break
+        for rank in entry["ranks"]:
+            v = np.asarray(game[f"gpm_rank{rank}_embeddings"], np.float64)
+            logits = (v[:, 0::2] @ v[:, 1::2].T - v[:, 1::2] @ v[:, 0::2].T) / entry["tau"]
+            i, j = np.nonzero(np.triu(np.abs(p - 0.5) > 1e-9, 1))
+            accuracy = np.mean(np.sign(logits[i, j]) == np.sign(p[i, j] - 0.5))
+            assert accuracy >= 0.98 and game[f"gpm_rank{rank}_accuracy"] >= 0.98
+    three = games["3-cycle"]
+    assert three["bt_best_accuracy"] <= 2 / 3 + 0.02 and three["bt_mle_accuracy"] <= 2 / 3 + 0.02
+    assert three["gpm_rank1_logloss"] == pytest.approx(three["entropy"], rel=1e-5)  # exact fit
+    for row in entry["accuracy"].values():
+        assert row["GPM rank 3"] >= row["BT (best order)"] - 1e-6  # rank 3 is full rank for <= 6 actions
+
+
+def test_gpm_cycles_quick(tmp_path):
+    _check_gpm_cycles(_run("gpm_cycles", tmp_path, quick=True))
+
+
+@pytest.mark.slow
+def test_gpm_cycles_full(tmp_path):
+    numbers = _run("gpm_cycles", tmp_path, quick=False)
+    assert numbers["tabular"]["random_games"] == 10
+    _check_gpm_cycles(numbers)
