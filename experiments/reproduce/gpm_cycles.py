@@ -26,11 +26,18 @@ padded to 6 actions (padding pairs get weight 0) so each model compiles once.
 every entry of ``results`` with such an ``accuracy`` table gets a panel of the
 figure.
 
+Transformer half (``results["decoder"]``): ``experiments/cyclic_preferences.py``
+writes four rounds of 3-cycles (a different trio of moves per round), and
+``jalign.train.train`` fits a tiny decoder with a reward head (``bt_reward``)
+and with a 2-dimensional preference-embedding head (``gpm``); the accuracy is
+over the balanced held-out file, where no reward can exceed 2/3.
+
 Run: ``python experiments/reproduce/gpm_cycles.py [--quick] [--out DIR]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -40,6 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jalign.objectives import make  # noqa: E402
 from jalign.tabular import bt_best_accuracy, cyclic_game, fit_bt, fit_gpm, random_game  # noqa: E402
 from jalign.tabular.report import script_arguments, timed, write_outputs  # noqa: E402
 
@@ -138,6 +146,8 @@ def _panel(ax, title: str, accuracy: dict):
         heights = [accuracy[s].get(model, np.nan) for s in settings]
         ax.bar(np.arange(len(settings)) + (j - (len(models) - 1) / 2) * width, heights, width, label=model)
     ax.axhline(1.0, color="k", lw=0.6)
+    ax.axhline(2 / 3, color="grey", lw=0.6, ls="--")
+    ax.text(ax.get_xlim()[0], 2 / 3 + 0.01, " best any reward can do on a 3-cycle", fontsize=7, color="grey")
     ax.set_xticks(np.arange(len(settings)), settings, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("pairwise accuracy (decided pairs)")
@@ -145,7 +155,8 @@ def _panel(ax, title: str, accuracy: dict):
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(models), 3))
 
 
-TITLES = {"tabular": "Tabular: exact fits to preference matrices"}
+TITLES = {"tabular": "Tabular: exact fits to preference matrices",
+          "decoder": "Tiny decoder trained by jalign train: balanced held-out 3-cycles"}
 
 
 def _plot(results: dict):
@@ -158,9 +169,25 @@ def _plot(results: dict):
     return fig
 
 
+def decoder_results(out_dir: pathlib.Path) -> dict:
+    """Held-out accuracy of a tiny decoder's BT reward head and rank-1 GPM head on 3-cycles."""
+    from jalign.cli import REPO_ROOT, load_module
+    from jalign.train.loop import train
+
+    cyclic = load_module(REPO_ROOT / "experiments" / "cyclic_preferences.py")
+    accuracy, seconds = {}, 0.0
+    for label, objective in (("BT reward", "bt_reward"), ("GPM rank 1", "gpm")):
+        exp = cyclic.experiment(out_dir / "decoder")
+        exp = dataclasses.replace(exp, objective=make(objective), train=dataclasses.replace(
+            exp.train, out_dir=str(out_dir / "decoder" / objective)))
+        result, elapsed = timed(lambda exp=exp: train(exp, progress=False))
+        accuracy[label], seconds = result["metrics"]["eval/pair_accuracy"], seconds + elapsed
+    return {"accuracy": {"3-cycles, tiny decoder (held out)": accuracy}, "seconds": seconds}
+
+
 def main(out_dir: pathlib.Path, quick: bool = False) -> dict:
     """Runs the fits, writes ``gpm_cycles.png``/``.json`` and returns the numbers."""
-    results = {"tabular": tabular_results(quick)}
+    results = {"tabular": tabular_results(quick), "decoder": decoder_results(out_dir)}
     return write_outputs(out_dir, NAME, _plot(results), results)
 
 

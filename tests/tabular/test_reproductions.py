@@ -172,6 +172,11 @@ def _check_gpm_cycles(numbers):
     assert three["gpm_rank1_logloss"] == pytest.approx(three["entropy"], rel=1e-5)  # exact fit
     for row in entry["accuracy"].values():
         assert row["GPM rank 3"] >= row["BT (best order)"] - 1e-6  # rank 3 is full rank for <= 6 actions
+    # The same claim on a tiny decoder, on a balanced held-out file of 3-cycles: no reward
+    # ordering gets more than 2 of a cycle's 3 pairs right; a rank-1 GPM head gets them all.
+    (decoder,) = numbers["decoder"]["accuracy"].values()
+    assert decoder["BT reward"] <= 2 / 3 + 0.02
+    assert decoder["GPM rank 1"] >= 0.98
 
 
 def test_gpm_cycles_quick(tmp_path):
