@@ -170,19 +170,37 @@ def _plot(results: dict):
 
 
 def decoder_results(out_dir: pathlib.Path) -> dict:
-    """Held-out accuracy of a tiny decoder's BT reward head and rank-1 GPM head on 3-cycles."""
+    """Held-out accuracy of a tiny decoder's BT reward head and rank-1 GPM head on 3-cycles.
+
+    Each trained head is also asked, as a judge, for ``P(a ≻ b)`` over every
+    pair of every round's three moves; ``cyclic_rounds`` is the share of
+    rounds whose predicted preferences form a cycle (the cycle-consistency
+    report: 1 means every round's cycle is reproduced).
+    """
     from jalign.cli import REPO_ROOT, load_module
-    from jalign.train.loop import train
+    from jalign.models.tokenizer import load_tokenizer
+    from jalign.train.evaluation import cyclic_triple_fraction
+    from jalign.train.judges import ModelJudge
+    from jalign.train.loop import final_policy, train
 
     cyclic = load_module(REPO_ROOT / "experiments" / "cyclic_preferences.py")
-    accuracy, seconds = {}, 0.0
+    accuracy, cycles, seconds = {}, {}, 0.0
     for label, objective in (("BT reward", "bt_reward"), ("GPM rank 1", "gpm")):
         exp = cyclic.experiment(out_dir / "decoder")
         exp = dataclasses.replace(exp, objective=make(objective), train=dataclasses.replace(
             exp.train, out_dir=str(out_dir / "decoder" / objective)))
         result, elapsed = timed(lambda exp=exp: train(exp, progress=False))
         accuracy[label], seconds = result["metrics"]["eval/pair_accuracy"], seconds + elapsed
-    return {"accuracy": {"3-cycles, tiny decoder (held out)": accuracy}, "seconds": seconds}
+        judge = ModelJudge(final_policy(exp), load_tokenizer(exp.model.tokenizer), max_length=32,
+                           tau=getattr(exp.objective, "tau", 0.1))
+        matrices = []
+        for prompt, moves in cyclic.rounds():
+            pairs = [(i, j) for i in range(3) for j in range(3)]
+            p = judge.preference([prompt] * 9, [moves[i] for i, _ in pairs], [moves[j] for _, j in pairs])
+            matrices.append(p.reshape(3, 3))
+        cycles[label] = cyclic_triple_fraction(np.stack(matrices))
+    return {"accuracy": {"3-cycles, tiny decoder (held out)": accuracy}, "cyclic_rounds": cycles,
+            "seconds": seconds}
 
 
 def main(out_dir: pathlib.Path, quick: bool = False) -> dict:

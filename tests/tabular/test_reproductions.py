@@ -177,6 +177,8 @@ def _check_gpm_cycles(numbers):
     (decoder,) = numbers["decoder"]["accuracy"].values()
     assert decoder["BT reward"] <= 2 / 3 + 0.02
     assert decoder["GPM rank 1"] >= 0.98
+    # As judges over each round's three moves: a reward never predicts a cycle, the GPM predicts them all.
+    assert numbers["decoder"]["cyclic_rounds"] == {"BT reward": 0.0, "GPM rank 1": 1.0}
 
 
 def test_gpm_cycles_quick(tmp_path):
