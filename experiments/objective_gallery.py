@@ -69,8 +69,12 @@ def curves(cls) -> tuple[jax.Array, jax.Array]:
 
 
 def plottable() -> dict[str, type]:
-    """Registered objectives the margin sweep applies to (pairs and singles)."""
-    return {n: c for n, c in registered().items() if c().requires.responses in (PAIR, SINGLE)}
+    """Registered objectives the margin sweep applies to: policy objectives on pairs and singles.
+
+    Preference-model losses (``requires.logprobs`` False) read a judge's scores, not log-ratios.
+    """
+    return {n: c for n, c in registered().items()
+            if c().requires.responses in (PAIR, SINGLE) and c().requires.logprobs}
 
 
 def _landmarks(losses, grads) -> tuple[float, float, float]:
