@@ -39,10 +39,21 @@ def unpaired_batch():
                 response_mask=response_mask, labels=labels)
 
 
+WIDTH = 16  # every reference sequence is right-padded to this, so the forward compiles once
+
+
+@nnx.jit
+def _logits(model, tokens, mask):
+    return model(tokens, mask)
+
+
 def full_sequence_logprobs(model, prompt: np.ndarray, response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-token log pi(response_t) ``[R]`` and the full log-softmax rows ``[R, V]`` of one sequence."""
-    tokens = np.concatenate([prompt, response]).astype(np.int32)[None]
-    logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tokens))
+    sequence = np.concatenate([prompt, response]).astype(np.int32)
+    tokens = np.zeros((1, WIDTH), np.int32)
+    tokens[0, :len(sequence)] = sequence
+    mask = np.arange(WIDTH)[None] < len(sequence)  # causal attention: right padding changes nothing before it
+    logits = _logits(model, jnp.asarray(tokens), jnp.asarray(mask))
     logp = np.asarray(jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1), np.float64)
     rows = logp[len(prompt) - 1:len(prompt) - 1 + len(response)]
     return rows[np.arange(len(response)), response], rows

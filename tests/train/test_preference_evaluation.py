@@ -82,14 +82,19 @@ def test_reward_judge_equals_sigmoid_of_rewards_scored_one_response_at_a_time(to
 
 
 def _reward_alone(model, tokenizer, prompt, response):
-    from jalign.models.preference_heads import preference_scores
-
     prompt_ids = tokenizer(prompt)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     batch = {"prompt_tokens": jnp.asarray([prompt_ids]), "prompt_mask": jnp.ones((1, len(prompt_ids)), jnp.int32),
              "response_tokens": jnp.asarray([[response_ids]]),
              "response_mask": jnp.ones((1, 1, len(response_ids)), jnp.int32)}
-    return float(preference_scores(model, batch)[0, 0])
+    return float(_scores(model, batch)[0, 0])
+
+
+@nnx.jit
+def _scores(model, batch):
+    from jalign.models.preference_heads import preference_scores
+
+    return preference_scores(model, batch)
 
 
 @pytest.mark.parametrize("kind, outputs", [("pairwise", 1), ("embedding", 4)])

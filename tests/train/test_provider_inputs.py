@@ -63,8 +63,8 @@ def test_kto_kl_estimate_is_the_mean_mismatched_log_ratio(models):
 
 def test_kto_kl_estimate_carries_no_gradient(models):
     batch = unpaired_batch()
-    grad = nnx.grad(lambda p: mismatched_kl_estimate(p, models["reference"], batch, impl="chunked"))(
-        models["policy"])
+    grad = nnx.jit(nnx.grad(lambda p, r: mismatched_kl_estimate(p, r, batch, impl="chunked")))(
+        models["policy"], models["reference"])
     assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(nnx.state(grad)))
 
 
@@ -111,7 +111,7 @@ def test_learned_token_mask_head_matches_numpy_and_trains(models):
     policy = Decoder(CFG, rngs=nnx.Rngs(0))
     add_token_mask_head(policy, rngs=nnx.Rngs(3))
     plan = Plan(reference="frozen", mask_extras=("token_mask_logits",))
-    lp = batch_logprobs(plan, policy, models["reference"], batch, impl="chunked")
+    lp = nnx.jit(lambda p, r: batch_logprobs(plan, p, r, batch, impl="chunked"))(policy, models["reference"])
     states, mask, _ = _layer_states(models["reference"], batch)
     head = policy.token_mask_head
     x = states - states.mean(-1, keepdims=True)
@@ -128,11 +128,11 @@ def test_learned_token_mask_head_matches_numpy_and_trains(models):
     # ReLU'd mask is 0 everywhere with no gradient; make one positive.
     head.mixer[...] = jnp.abs(head.mixer[...])
 
-    def loss(model):
+    def loss(model, reference):
         out = batch_logprobs(Plan(reference="frozen", kernel_extras=("ref_kl",), mask_extras=("token_mask_logits",)),
-                             model, models["reference"], batch, impl="chunked")
+                             model, reference, batch, impl="chunked")
         return sparsepo(sparsity=0.01)(out)[0]
 
-    grads = nnx.grad(loss)(policy)
+    grads = nnx.jit(nnx.grad(loss))(policy, models["reference"])
     head_grad = nnx.state(grads.token_mask_head)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(head_grad))
