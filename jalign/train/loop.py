@@ -204,10 +204,11 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     out = pathlib.Path(exp.train.out_dir)
     run = build(exp)
     checkpointer = Checkpointer(out / "checkpoints", keep=exp.train.keep_checkpoints)
-    start = checkpointer.latest_step() or 0
-    if start:
-        run.state, data_state = checkpointer.restore(start, run.state)
-        run.iterator.set_state(data_state)
+    restored = checkpointer.restore_newest(run.state)  # verified; falls back past damaged checkpoints
+    start = 0
+    if restored is not None:
+        start, run.state = restored.step, restored.state
+        run.iterator.set_state(restored.data_state)
     writer = MetricsWriter(out, resume_from=start if start else None,
                            tensorboard=jax.process_index() == 0)
     bar = Progress(exp.train.steps, start, disable=not progress or jax.process_index() != 0)

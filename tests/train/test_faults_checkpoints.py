@@ -1,0 +1,165 @@
+"""Damaged checkpoints: every kind of damage to the newest one falls back to the one before (issue 13).
+
+One short run writes checkpoints 2, 3 and 4. Each test damages a copy of the
+newest; the independent reference is checkpoint 3 restored from the
+undamaged original. The end-to-end test resumes a run past a damaged
+checkpoint and a torn metrics line and compares every metric with the
+uninterrupted run, as ``test_resume`` does for a kill.
+"""
+
+import logging
+import pathlib
+import shutil
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorstore as ts
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import fault_experiment  # noqa: E402
+from jalign.train.checkpoint import CheckpointError, Checkpointer  # noqa: E402
+from jalign.train import loop  # noqa: E402
+from jalign.train.loop import train  # noqa: E402
+from jalign.train.metrics_log import read_metrics  # noqa: E402
+
+STEPS = 4
+loop_build = loop.build
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(run folder, experiment, the finished loop.Run)`` of a 4-step run.
+
+    The run ``train`` built is kept (its jitted step is compiled; its final
+    state serves as the shape to restore like) by wrapping ``loop.build``.
+    """
+    base = tmp_path_factory.mktemp("faults")
+    exp = fault_experiment.experiment(base / "run", fault_experiment.tokenizer(base / "tokenizer"), steps=STEPS)
+    built = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "build", lambda e: built.append(loop_build(e)) or built[-1])
+        train(exp, progress=False)
+    return base / "run", exp, built[0]
+
+
+def _copy_checkpoints(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(run / "checkpoints", copy)
+    return copy
+
+
+def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
+    return max((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def _truncate(path: pathlib.Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _flip_64_bytes(path: pathlib.Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "deleted state/manifest.ocdbt": lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "truncated data file": lambda d: _truncate(_largest_data_file(d)),
+    "deleted state data folder": lambda d: shutil.rmtree(d / "state" / "ocdbt.process_0" / "d"),
+    "deleted data/ (iterator state)": lambda d: shutil.rmtree(d / "data"),
+    "deleted state/_METADATA": lambda d: (d / "state" / "_METADATA").unlink(),
+    "64 flipped bytes in a data file": lambda d: _flip_64_bytes(_largest_data_file(d)),
+}
+
+
+def _assert_same_state(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(jax.random.key_data(a.rng)), jax.tree.leaves(jax.random.key_data(b.rng))):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves((a.step, a.params, a.opt_state)), jax.tree.leaves((b.step, b.params, b.opt_state))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(trained, tmp_path, caplog, kind):
+    run, _, built = trained
+    like = built.state
+    directory = _copy_checkpoints(run, tmp_path)
+    DAMAGE[kind](directory / str(STEPS))
+    checkpointer = Checkpointer(directory, keep=3)
+    with caplog.at_level(logging.WARNING, logger="jalign.train.checkpoint"):
+        restored = checkpointer.restore_newest(like)
+    checkpointer.close()
+
+    assert restored.step == STEPS - 1
+    assert [s.step for s in restored.skipped] == [STEPS] and restored.skipped[0].reason
+    assert f"checkpoint step {STEPS} skipped" in caplog.text and restored.skipped[0].reason in caplog.text
+    moved = tmp_path / "checkpoints.damaged" / str(STEPS)
+    assert (moved / "DAMAGED.txt").read_text().strip().endswith(restored.skipped[0].reason)
+    assert not (directory / str(STEPS)).exists()
+    pristine = Checkpointer(run / "checkpoints", keep=3)
+    expected_state, expected_data = pristine.restore(STEPS - 1, like)
+    pristine.close()
+    _assert_same_state(restored.state, expected_state)
+    assert restored.data_state == expected_data
+
+
+def test_one_flipped_bit_that_orbax_reads_silently_is_caught_by_the_digest(trained, tmp_path):
+    """The lowest mantissa bit of one parameter, rewritten through tensorstore: a valid, readable file."""
+    run, _, built = trained
+    like = built.state
+    directory = _copy_checkpoints(run, tmp_path)
+    state = {"driver": "ocdbt", "base": f"file://{directory / str(STEPS) / 'state'}/"}
+    keys = [k.decode() for k in ts.KvStore.open(state).result().list().result()]
+    name = sorted(k[:-len("/.zarray")] for k in keys if k.startswith("params.") and k.endswith("/.zarray"))[0]
+    array = ts.open({"driver": "zarr", "kvstore": {**state, "path": name + "/"}}, open=True).result()
+    values = array.read().result()
+    flat = values.reshape(-1).view(np.uint32)
+    flat[0] ^= 1
+    array.write(values).result()
+
+    checkpointer = Checkpointer(directory, keep=3)
+    restored = checkpointer.restore_newest(like)
+    checkpointer.close()
+    assert restored.step == STEPS - 1
+    assert "digest mismatch" in restored.skipped[0].reason
+
+
+def test_no_intact_checkpoint_is_one_clear_error_and_nothing_is_moved(trained, tmp_path):
+    run, _, built = trained
+    like = built.state
+    directory = _copy_checkpoints(run, tmp_path)
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    for step in steps:
+        (directory / str(step) / "state" / "manifest.ocdbt").unlink()
+    checkpointer = Checkpointer(directory, keep=3)
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.restore_newest(like)
+    checkpointer.close()
+    assert isinstance(error.value, ValueError)
+    message = str(error.value)
+    assert "no intact checkpoint" in message and "\n" not in message
+    assert all(f"step {s}: state/manifest.ocdbt is missing" in message for s in steps)
+    assert sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) == steps
+
+
+def test_resume_past_a_damaged_checkpoint_and_a_torn_log_matches_the_straight_run(trained, tmp_path):
+    """The newest checkpoint loses its manifest and the log a half-written row; the rerun redoes the
+    last step from checkpoint 3 and ends with the metrics of the uninterrupted run, bitwise."""
+    run, exp, _ = trained
+    resumed_dir = tmp_path / "run"
+    shutil.copytree(run, resumed_dir)
+    (resumed_dir / "checkpoints" / str(STEPS) / "state" / "manifest.ocdbt").unlink()
+    with (resumed_dir / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "loss": 0.69')
+    result = train(fault_experiment.with_train(exp, out_dir=str(resumed_dir)), progress=False)
+
+    assert result["resumed_from"] == STEPS - 1
+    assert read_metrics(resumed_dir / "metrics.jsonl") == read_metrics(run / "metrics.jsonl")
+    checkpointer = Checkpointer(resumed_dir / "checkpoints", keep=3)
+    assert checkpointer.newest_intact(trained[2].state) == (STEPS, [])
+    checkpointer.close()
+
