@@ -1,28 +1,34 @@
-"""Damaged checkpoints: every kind of damage to the newest one falls back to the one before (issue 13).
+"""Damaged checkpoints fall back to the one before; the NaN guard names the last good one (issue 13).
 
 One short run writes checkpoints 2, 3 and 4. Each test damages a copy of the
 newest; the independent reference is checkpoint 3 restored from the
 undamaged original. The end-to-end test resumes a run past a damaged
 checkpoint and a torn metrics line and compares every metric with the
-uninterrupted run, as ``test_resume`` does for a kill.
+uninterrupted run, as ``test_resume`` does for a kill. The NaN-guard tests
+check that a diverging step is refused and that the error names the newest
+checkpoint that verifies.
 """
 
+import dataclasses
 import logging
 import pathlib
 import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorstore as ts
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import fault_experiment  # noqa: E402
+from jalign.objectives import dpo  # noqa: E402
 from jalign.train.checkpoint import CheckpointError, Checkpointer  # noqa: E402
 from jalign.train import loop  # noqa: E402
-from jalign.train.loop import train  # noqa: E402
+from jalign.train.loop import NonFiniteLossError, train  # noqa: E402
 from jalign.train.metrics_log import read_metrics  # noqa: E402
+from jalign.train.step import nonfinite_reason  # noqa: E402
 
 STEPS = 4
 loop_build = loop.build
@@ -163,3 +169,52 @@ def test_resume_past_a_damaged_checkpoint_and_a_torn_log_matches_the_straight_ru
     assert checkpointer.newest_intact(trained[2].state) == (STEPS, [])
     checkpointer.close()
 
+
+# --- the NaN guard stops and names the newest checkpoint that verifies ------------------------------------
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> float32 inf
+def test_learning_rate_1e39_stops_on_the_updated_state_naming_the_last_good_checkpoint(trained, tmp_path):
+    """Resumed at step 4 with lr=1e39 (finite as a float64 config value, inf in float32): the loss and
+    gradients of step 5 are finite, the updated parameters are not; nothing is applied or saved."""
+    run, exp, _ = trained
+    diverging = tmp_path / "run"
+    shutil.copytree(run, diverging)
+    exp = fault_experiment.experiment(diverging, pathlib.Path(exp.model.tokenizer), steps=STEPS + 2,
+                                      learning_rate=1e39)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(exp, progress=False)
+    message = str(error.value)
+    assert "non-finite parameters or optimizer state after the update" in message
+    assert f"at step {STEPS + 1}" in message
+    assert f"last good checkpoint: step {STEPS} in {diverging / 'checkpoints'}" in message
+    assert sorted(int(p.name) for p in (diverging / "checkpoints").iterdir() if p.name.isdigit())[-1] == STEPS
+
+
+def test_beta_1e38_is_refused_by_the_step_for_an_infinite_gradient_norm(trained):
+    """beta=1e38 passes the config check (finite, > 0); the loss stays finite (log 2 where the policy is
+    its reference) and so does every gradient, but not their norm. Issue 13 saw 6 steps "succeed" so.
+    The step is the run's own jitted step (beta is a traced argument: no recompilation)."""
+    _, _, built = trained
+    # The policy at its reference (every margin 0), in a copy: the step donates its state argument.
+    state = dataclasses.replace(jax.tree.map(jnp.copy, built.state),
+                                params=jax.tree.map(jnp.copy, built.frozen.reference))
+    before = [np.asarray(x) for x in jax.tree.leaves((state.step, state.params, state.opt_state))]
+    batch = loop._device_batch(next(built.iterator), built.mesh)
+    after, metrics = built.step_fn(state, built.frozen, batch, dpo(beta=1e38))
+    assert not bool(metrics["finite"])
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) == np.inf
+    assert nonfinite_reason(metrics) == "non-finite gradient norm (inf) with a finite loss"
+    for old, new in zip(before, jax.tree.leaves((after.step, after.params, after.opt_state))):
+        np.testing.assert_array_equal(old, np.asarray(new))
+
+
+def test_the_last_good_checkpoint_is_the_newest_that_verifies(trained, tmp_path):
+    run, _, built = trained
+    like = built.state
+    directory = _copy_checkpoints(run, tmp_path)
+    _flip_64_bytes(_largest_data_file(directory / str(STEPS)))
+    checkpointer = Checkpointer(directory, keep=3)
+    message = checkpointer.describe_last_good(like)
+    checkpointer.close()
+    assert message.startswith(f"last good checkpoint: step {STEPS - 1} in {directory} (step {STEPS} is damaged")
+    assert (directory / str(STEPS)).exists()  # described, not moved
