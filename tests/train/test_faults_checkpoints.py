@@ -11,8 +11,10 @@ checkpoint that verifies.
 
 import dataclasses
 import logging
+import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -28,7 +30,7 @@ from jalign.train.checkpoint import CheckpointError, Checkpointer  # noqa: E402
 from jalign.train import loop  # noqa: E402
 from jalign.train.loop import NonFiniteLossError, train  # noqa: E402
 from jalign.train.metrics_log import read_metrics  # noqa: E402
-from jalign.train.step import nonfinite_reason  # noqa: E402
+from jalign.train.step import TrainState, nonfinite_reason  # noqa: E402
 
 STEPS = 4
 loop_build = loop.build
@@ -218,3 +220,35 @@ def test_the_last_good_checkpoint_is_the_newest_that_verifies(trained, tmp_path)
     checkpointer.close()
     assert message.startswith(f"last good checkpoint: step {STEPS - 1} in {directory} (step {STEPS} is damaged")
     assert (directory / str(STEPS)).exists()  # described, not moved
+
+
+# --- the digest does not depend on the sharding ----------------------------------------------------------
+
+_SHARDED_SAVE = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jalign.train.checkpoint import Checkpointer
+from jalign.train.step import TrainState
+mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "tensor"))
+w = jax.device_put(jnp.arange(96, dtype=jnp.float32).reshape(8, 12) / 8, NamedSharding(mesh, P("data", "tensor")))
+h = jax.device_put(jnp.ones((4, 8), jnp.bfloat16) / 3, NamedSharding(mesh, P(None, "tensor")))
+state = TrainState(jnp.int32(5), {"w": w, "h": h}, {"mu": w * 2}, jax.random.key(1))
+checkpointer = Checkpointer(sys.argv[1])
+checkpointer.save(5, state, {"position": 7})
+checkpointer.close()
+"""
+
+
+def test_a_checkpoint_written_on_8_devices_verifies_on_one(tmp_path):
+    """The checksums are reductions of each array's bits by position: the same whatever the sharding."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _SHARDED_SAVE, str(tmp_path / "ckpt")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    like = TrainState(jnp.int32(0), {"w": jnp.zeros((8, 12)), "h": jnp.zeros((4, 8), jnp.bfloat16)},
+                      {"mu": jnp.zeros((8, 12))}, jax.random.key(0))
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    state, data = checkpointer.restore(5, like)
+    checkpointer.close()
+    assert data == {"position": 7} and int(state.step) == 5
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), np.arange(96, dtype=np.float32).reshape(8, 12) / 8)
