@@ -58,7 +58,8 @@ class Range:
         if self.high == math.inf:
             text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
         else:
-            text = f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
         return f"None or {text}" if self.optional else text
 
 
@@ -258,8 +259,8 @@ def _validate_objective(objective: Objective) -> None:
     terms = objective.named_terms()
     for name, term in terms:
         where = "objective" if len(terms) == 1 else f"objective.{name}"
-        strength = _numbers(term.strength)
-        if term.strength_path is not None and strength is not None and not np.all(np.isfinite(strength) & (strength > 0)):
+        strength = _numbers(term.strength)  # None when the term has no strength
+        if strength is not None and not np.all(np.isfinite(strength) & (strength > 0)):
             raise ConfigError(f"{where}.{term.strength_path} (the objective's strength) must be a finite "
                               f"number > 0; got {term.strength!r}")
         for path, value, default in _objective_fields(term, where):
