@@ -1,20 +1,93 @@
-"""The experiment schema: every default in one commented place.
+"""The experiment schema: every default in one commented place, every range checked.
 
 An experiment file defines ``experiment() -> Experiment``; ``jalign train FILE
 --set a.b=value`` applies typed overrides (``jalign.train.overrides``). Each
 section is a frozen dataclass, so an unknown field is an error that lists the
-valid ones.
+valid ones. Building an ``Experiment`` (and so every override) checks every
+numeric field against its range in :data:`RANGES`, every ``Literal`` field
+against its choices, and the objective's hyperparameters (all finite, the
+strength > 0); a bad value raises :class:`ConfigError` naming the field and
+what it allows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+import numbers
+import types
+import typing
+from typing import Any, Iterator, Literal
+
+import jax
+import numpy as np
 
 from jalign.models import ModelConfig
-from jalign.objectives import Objective, dpo
+from jalign.objectives import Objective, Scaled, dpo
 from jalign.sharding import MeshConfig
 from jalign.train.optim import OptimizerConfig
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the field and the range (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows: ``[low, high)`` by default, finite, optionally integer or None."""
+
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = True
+    optional: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real):
+            return False
+        value = float(value)
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.high == math.inf:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        return f"None or {text}" if self.optional else text
+
+
+RANGES: dict[str, Range] = {
+    "model.init_seed": Range(0, integer=True),
+    "model.lora_rank": Range(0, integer=True),
+    "model.lora_alpha": Range(0, low_open=True),
+    "model.score_dim": Range(1, integer=True),
+    "data.max_length": Range(2, integer=True),  # a prompt token and a response token
+    "data.max_prompt_length": Range(1, integer=True, optional=True),
+    "data.eval_fraction": Range(0, 1),
+    # > 0: a zero learning rate trains nothing while looking like a run; evaluate a model instead.
+    "optimizer.learning_rate": Range(0, low_open=True),
+    "optimizer.warmup_steps": Range(0, integer=True),
+    "optimizer.final_fraction": Range(0, 1, high_open=False),
+    "optimizer.weight_decay": Range(0),
+    "optimizer.max_grad_norm": Range(0, low_open=True, optional=True),
+    "optimizer.b1": Range(0, 1),
+    "optimizer.b2": Range(0, 1),
+    "optimizer.accumulation_steps": Range(1, integer=True),
+    "train.steps": Range(1, integer=True),
+    "train.batch_size": Range(1, integer=True),
+    "train.seed": Range(0, integer=True),
+    "train.log_every": Range(1, integer=True),
+    "train.checkpoint_every": Range(0, integer=True),  # 0: only at the end
+    "train.keep_checkpoints": Range(1, integer=True),
+    "train.eval_every": Range(0, integer=True),  # 0: only at the end
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +193,7 @@ class TrainSection:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A complete, declarative training run."""
+    """A complete, declarative training run; building one validates it (:func:`validate`)."""
 
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
@@ -128,3 +201,72 @@ class Experiment:
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
     train: TrainSection = TrainSection()
+
+    def __post_init__(self):
+        validate(self)
+
+
+SECTIONS = ("model", "data", "optimizer", "train")  # the sections this module's schema owns
+
+
+def validate(exp: Experiment) -> None:
+    """Raises :class:`ConfigError` for the first field outside its range, its choices, or finite values."""
+    for section in SECTIONS:
+        values = getattr(exp, section)
+        hints = typing.get_type_hints(type(values))
+        for field in dataclasses.fields(values):
+            where, value = f"{section}.{field.name}", getattr(values, field.name)
+            if where in RANGES and not RANGES[where].accepts(value):
+                raise ConfigError(f"{where} must be {RANGES[where].describe()}; got {value!r}")
+            choices = _literal_choices(hints[field.name])
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{where} must be one of {list(choices)}; got {value!r}")
+    _validate_objective(exp.objective)
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation, else None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return args
+    inner = [a for a in args if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(inner) == 1 and typing.get_origin(inner[0]) is Literal:
+        return typing.get_args(inner[0]) + (None,)
+    return None
+
+
+def _objective_fields(objective: Objective, where: str) -> Iterator[tuple[str, Any, Any]]:
+    """``(path, value, default)`` of every hyperparameter, addressed as ``--set`` addresses them."""
+    for field in dataclasses.fields(objective):
+        value = getattr(objective, field.name)
+        if isinstance(value, Objective):  # a scaled term's inner objective is addressed through the term
+            yield from _objective_fields(value, where if isinstance(objective, Scaled) else f"{where}.{field.name}")
+        else:
+            yield f"{where}.{field.name}", value, field.default
+
+
+def _numbers(value: Any) -> np.ndarray | None:
+    """The numbers in a hyperparameter (a scalar, array or tuple of them) as float64, or None if it has none."""
+    leaves = [leaf for leaf in jax.tree.leaves(value) if not isinstance(leaf, (str, bool, np.bool_))]
+    try:
+        return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves]) if leaves else None
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        return None  # a traced or non-numeric value: nothing to check here
+
+
+def _validate_objective(objective: Objective) -> None:
+    """Every hyperparameter finite (inf only where the default is inf: "no limit"); every strength > 0."""
+    terms = objective.named_terms()
+    for name, term in terms:
+        where = "objective" if len(terms) == 1 else f"objective.{name}"
+        strength = _numbers(term.strength)  # None when the term has no strength
+        if strength is not None and not np.all(np.isfinite(strength) & (strength > 0)):
+            raise ConfigError(f"{where}.{term.strength_path} (the objective's strength) must be a finite "
+                              f"number > 0; got {term.strength!r}")
+        for path, value, default in _objective_fields(term, where):
+            found = _numbers(value)
+            if found is None:
+                continue
+            unlimited = isinstance(default, float) and math.isinf(default) and np.all(found == default)
+            if not unlimited and not np.all(np.isfinite(found)):
+                raise ConfigError(f"{path} must be finite; got {value!r}")

@@ -25,21 +25,21 @@ from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
 from jalign.sharding import global_batch, make_mesh, place
-from jalign.train.checkpoint import Checkpointer
+from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
 from jalign.train.optim import make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
 from jalign.train.evaluation import aggregate, make_eval_step
-from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step
+from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
 from jalign.train.token_inputs import add_token_mask_head, trainable_filter
 
 Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the state was not updated or saved."""
+    """A step produced a non-finite loss, gradient norm or updated state; it was not applied or saved."""
 
 
 @dataclasses.dataclass
@@ -204,10 +204,11 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     out = pathlib.Path(exp.train.out_dir)
     run = build(exp)
     checkpointer = Checkpointer(out / "checkpoints", keep=exp.train.keep_checkpoints)
-    start = checkpointer.latest_step() or 0
-    if start:
-        run.state, data_state = checkpointer.restore(start, run.state)
-        run.iterator.set_state(data_state)
+    restored = checkpointer.restore_newest(run.state)  # verified; falls back past damaged checkpoints
+    start = 0
+    if restored is not None:
+        start, run.state = restored.step, restored.state
+        run.iterator.set_state(restored.data_state)
     writer = MetricsWriter(out, resume_from=start if start else None,
                            tensorboard=jax.process_index() == 0)
     bar = Progress(exp.train.steps, start, disable=not progress or jax.process_index() != 0)
@@ -218,9 +219,10 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
             batch = _device_batch(next(run.iterator), run.mesh)
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
             if not bool(metrics["finite"]):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {step}; state not updated, last good checkpoint: "
-                    f"step {checkpointer.latest_step()} in {checkpointer.directory}")
+                like = abstract_state(run.state)
+                run.state = None  # free the device copy before a checkpoint is read back to verify it
+                raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
+                                         f"updated; {checkpointer.describe_last_good(like)}")
             row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
             eval_due = exp.train.eval_every and step % exp.train.eval_every == 0
             if run.eval_data is not None and (eval_due or step == exp.train.steps):

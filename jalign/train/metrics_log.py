@@ -2,18 +2,27 @@
 
 The JSONL file is the record of a run: one object per logged step. On resume
 the lines after the restored step are dropped, so a resumed run's log reads
-exactly like an uninterrupted one.
+exactly like an uninterrupted one. A process killed (or a disk filled) while
+writing a line leaves it torn; on resume that line is dropped with a warning,
+and the file is rewritten atomically. TensorBoard gets the same treatment:
+the resumed writer purges the events from the first step it will write again
+(``purge_step``), so no step shows twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import pathlib
+import time
 from typing import Mapping
 
 import numpy as np
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("loss", "rewards/accuracy", "rewards/margin", "kl/logratio")
 
@@ -37,14 +46,20 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.directory / "tensorboard"))
+            # Events of steps after ``resume_from`` (or of an earlier attempt) are hidden from TensorBoard.
+            # tensorboardX names files by the second and opens them "wb": the nanosecond suffix keeps a
+            # writer started within the same second from erasing the last one's events, in name order.
+            self._tb = SummaryWriter(str(self.directory / "tensorboard"), purge_step=(resume_from or 0) + 1,
+                                     filename_suffix=f".{time.time_ns()}")
 
     def _truncate_after(self, step: int | None) -> None:
+        """Keeps the full records up to ``step`` (none when starting afresh), replacing the file atomically."""
         if not self.path.exists():
             return
-        keep = [] if step is None else [
-            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [] if step is None else [line for row, line in _records(self.path) if row["step"] <= step]
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in keep))
+        os.replace(partial, self.path)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
@@ -60,9 +75,27 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _records(path: pathlib.Path) -> list[tuple[dict, str]]:
+    """``(record, line)`` of each full record of a metrics file; a torn line is dropped with a warning."""
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            logger.warning("%s: line %d is not a full record (a write cut short?); dropped: %.80r",
+                           path, number, line)
+            continue
+        rows.append((row, line))
+    return rows
+
+
 def read_metrics(path: str | pathlib.Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+    """The rows of a ``metrics.jsonl`` file (a torn line, as a killed run may leave, is skipped)."""
+    return [row for row, _ in _records(pathlib.Path(path))]
 
 
 class Progress:

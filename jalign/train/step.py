@@ -2,14 +2,16 @@
 
 The step knows nothing about any particular objective: it builds the
 ``LogProbs`` of a batch, calls ``objective(lp)``, differentiates, and applies
-the optax update. A non-finite loss or gradient leaves the state untouched and
-raises the ``finite`` flag, so the loop can stop with the last good
-checkpoint intact.
+the optax update. A step is accepted only when the loss, the gradient norm and
+the updated parameters and optimizer state are all finite; otherwise the state
+is left untouched and the ``finite`` flag is lowered, so the loop can stop
+with the last good checkpoint intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -66,8 +68,19 @@ def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
 
 
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def nonfinite_reason(metrics: dict) -> str:
+    """What made a step non-finite, read from its metrics (the step's ``finite`` flag is False)."""
+    loss, grad_norm = (float(metrics[key]) for key in ("loss", "grad_norm"))
+    if not math.isfinite(loss):
+        return f"non-finite loss ({loss})"
+    if not math.isfinite(grad_norm):
+        return f"non-finite gradient norm ({grad_norm}) with a finite loss"
+    return ("non-finite parameters or optimizer state after the update, from a finite loss and gradient "
+            "(a learning rate too large?)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +139,14 @@ def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformatio
             state.params, frozen, batch, objective)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        grad_norm = optax.tree.norm(grads)
+        # The norm is non-finite when any gradient is, and also when finite gradients are too large for
+        # their sum of squares (beta=1e38); the updated state catches what a finite gradient turns into
+        # inf (a learning rate of 1e39).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
         new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0])
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+        metrics = {**metrics, "grad_norm": grad_norm,
                    "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0), "finite": finite}
         return new, metrics
 
