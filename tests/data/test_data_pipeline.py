@@ -34,7 +34,8 @@ def test_shipped_files_read_cleanly(tokenizer):
         "kept"] == 40
     chat = read_preferences(CHAT, tokenizer)
     assert chat.report.as_dict() == {"source": str(CHAT), "total": 30,
-                                     "kept": 30, "skipped": {}}
+                                     "kept": 30, "skipped": {}, "truncated": {},
+                                     "ignored_columns": []}
 
 
 def test_batch_shapes_and_epoch_coverage(standard):
