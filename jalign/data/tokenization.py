@@ -17,11 +17,12 @@ response) is encoded as ordinary text, never as the control token, unless
 default, in transformers and in TRL's trainers (``DPOTrainer.tokenize_row``
 calls ``tokenizer(features["prompt"], add_special_tokens=False)``), so a
 record could end a turn or forge a role header; we pass transformers'
-``split_special_tokens=True`` for text from the data. Conversational records keep the template's own special tokens:
-special-token text in message contents is swapped for placeholders before the
-template runs and encoded as text afterwards (the rendered text around it is
-encoded in pieces, so merges across those points may differ; records without
-such text are encoded whole, as before).
+``split_special_tokens=True`` for text from the data. Conversational records
+keep the template's own special tokens: special-token text in message
+contents is swapped for placeholders before the template runs and encoded as
+text afterwards (the rendered text around it is encoded in pieces, so merges
+across those points may differ; records without such text are encoded whole,
+as before).
 
 Truncation policies, for a budget of ``max_length`` tokens of prompt plus the
 longest response (and at most ``max_prompt_length`` prompt tokens):

@@ -22,7 +22,7 @@ Reasons:
   list without ``role``/``content`` strings, a non-boolean label, a
   non-finite score or one beyond float32's range, a preference probability
   outside ``[0, 1]``, a message role that is not one of
-  ``jalign.data.formats.ROLES``, or a response message whose role is not an
+  ``jalign.data.fields.ROLES``, or a response message whose role is not an
   assistant's.
 - ``"invalid_text"``: a string that is not valid Unicode (a lone surrogate
   such as ``"\\ud800"``), or text the tokenizer rejects.
