@@ -135,7 +135,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     if len(record) < len(pairs):
         seen = set()
         twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise Malformed("unparseable", twice, f"key {twice!r} appears twice")
+        raise Malformed("unparseable", None, f"a JSON object names the key "
+                        f"{twice!r} twice")
     return record
 
 

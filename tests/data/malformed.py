@@ -109,7 +109,10 @@ JSONL_KINDS = {
         SCORED, json.dumps(SCORED)[:-1] + ', "x": ' + "7" * 5000 + "}", None, "unparseable",
         SCORED_OPTIONS),
     "duplicate_key": Kind(PAIR, '{"prompt": "Hi", "chosen": " a", "chosen": " b", '
-                                '"rejected": " c"}', "chosen", "unparseable"),
+                                '"rejected": " c"}', None, "unparseable"),
+    "duplicate_key_in_message": Kind(
+        CHAT, json.dumps(CHAT).replace('"role": "user"', '"role": "user", "role": "system"'),
+        None, "unparseable"),
     "trailing_garbage": Kind(PAIR, json.dumps(PAIR) + " xyz", None, "unparseable"),
     "two_objects_on_a_line": Kind(PAIR, json.dumps(PAIR) * 2, None, "unparseable"),
     "python_repr_quotes": Kind(PAIR, str(PAIR), None, "unparseable"),
