@@ -26,6 +26,8 @@ from jalign.data.tokenization import (
 )
 from jalign.data.validation import (
     REASONS,
+    DataError,
+    DataFileError,
     Malformed,
     MalformedRecordError,
     SkipReport,
@@ -36,5 +38,6 @@ __all__ = [
     "detect_kind", "PreferenceData", "preference_batches", "read_preferences",
     "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
     "TRUNCATIONS", "TokenizedExample", "Tokenization", "render", "tokenize",
-    "REASONS", "Malformed", "MalformedRecordError", "SkipReport",
+    "REASONS", "DataError", "DataFileError", "Malformed",
+    "MalformedRecordError", "SkipReport",
 ]

@@ -21,20 +21,40 @@ Further labels are read from record fields when an objective declares them
 margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
 ``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
 ``[2, K]`` (MODPO's other reward models).
+
+The prompt is implicit only when the data has no ``prompt`` column at all
+(TRL's ``maybe_extract_prompt`` extracts it when ``"prompt" not in example``;
+a ``datasets`` row carries every column, so that is a column test). Two
+departures from TRL, both stricter: a string prompt with message-list
+responses is a ``wrong_type`` (TRL would silently re-extract the prompt from
+the responses and drop the given one), and an implicit-prompt pair whose
+responses share no prefix is a ``missing_field`` for ``prompt`` instead of an
+example with an empty prompt. A file with no ``prompt`` column but a column
+whose name is close to it (``promt``) is refused, and columns the format does
+not read are reported (:meth:`RecordFormat.check_columns`).
+
+Field values are checked by :mod:`jalign.data.fields`: message roles, valid
+Unicode, finite numbers within float32's range.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import difflib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jalign.data.validation import Malformed
+from jalign.data.fields import (Text, check_response, check_text, finite, get,
+                                 probability)
+from jalign.data.validation import DataFileError, Malformed
 
 KINDS = ("paired", "ranked", "unpaired")
 
+# The fields each kind reads (the prompt of a paired file may be implicit).
+KIND_FIELDS = {"paired": ("prompt", "chosen", "rejected"),
+               "ranked": ("prompt", "responses", "scores"),
+               "unpaired": ("prompt", "completion", "label")}
 # (kind, label) -> the record fields it is read from, one per response.
 LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("paired", "score"): ("score_chosen", "score_rejected"),
@@ -46,9 +66,6 @@ _INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired"
 def intrinsic_labels(kind: str) -> tuple[str, ...]:
     """The labels every record of ``kind`` carries."""
     return _INTRINSIC_LABELS[kind]
-
-Messages = list[dict[str, str]]
-Text = str | Messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +93,13 @@ class Example:
         return not isinstance(self.prompt, str)
 
 
-def detect_kind(columns: Sequence[str]) -> str:
-    """The record kind implied by a dataset's column names."""
+def detect_kind(columns: Sequence[str], *, source: str = "") -> str:
+    """The record kind implied by a dataset's column names.
+
+    Raises:
+      DataFileError: no kind's columns are present; names ``source`` and
+        suggests a field for a misspelt column (``rejcted``).
+    """
     cols = set(columns)
     if {"responses", "scores"} <= cols:
         return "ranked"
@@ -85,10 +107,19 @@ def detect_kind(columns: Sequence[str]) -> str:
         return "unpaired"
     if {"chosen", "rejected"} <= cols:
         return "paired"
-    raise ValueError(
+    known = sorted({f for fields in KIND_FIELDS.values() for f in fields})
+    raise DataFileError(source, (
         f"cannot tell the preference format from columns {sorted(cols)}: "
         "expected chosen/rejected, prompt/responses/scores or "
-        "prompt/completion/label")
+        "prompt/completion/label") + _did_you_mean(cols, known))
+
+
+def _did_you_mean(columns: Sequence[str], fields: Sequence[str]) -> str:
+    """``"; did you mean 'prompt' for 'promt'?"`` for near-miss column names."""
+    pairs = [(match[0], col) for col in sorted(columns) if col not in fields
+             for match in [difflib.get_close_matches(col, fields, n=1, cutoff=0.8)]
+             if match]
+    return "".join(f"; did you mean {f!r} for {c!r}?" for f, c in pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +152,52 @@ class RecordFormat:
     def for_columns(cls, columns: Sequence[str], *, kind: str | None = None,
                     preference_field: str | None = None,
                     num_responses: int | None = None,
-                    labels: Sequence[str] = ()) -> "RecordFormat":
-        """The format for a dataset with these columns (``kind`` detected)."""
-        kind = kind or detect_kind(columns)
+                    labels: Sequence[str] = (),
+                    source: str = "") -> "RecordFormat":
+        """The format for a dataset with these columns (``kind`` detected).
+
+        The prompt is implicit when there is no ``prompt`` column (TRL's
+        rule); ``source`` names the data in a detection error.
+        """
+        kind = kind or detect_kind(columns, source=source)
         return cls(kind=kind,
                    implicit_prompt=kind == "paired" and "prompt" not in columns,
                    preference_field=preference_field,
                    num_responses=num_responses, labels=tuple(labels))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The record fields this format reads."""
+        fields = [f for f in KIND_FIELDS[self.kind]
+                  if not (f == "prompt" and self.implicit_prompt)]
+        if self.preference_field is not None:
+            fields.append(self.preference_field)
+        for key in self.labels:
+            fields.extend(LABEL_FIELDS[(self.kind, key)])
+        return tuple(fields)
+
+    def check_columns(self, columns: Sequence[str], source: str) -> tuple[str, ...]:
+        """Checks a source's columns against the format; returns those it ignores.
+
+        Raises:
+          DataFileError: a field the format reads is no column of the source,
+            or the prompt is implicit while a column is named like ``prompt``
+            (a misspelt prompt column would otherwise be dropped silently).
+        """
+        missing = [f for f in self.fields if f not in columns]
+        ignored = tuple(c for c in columns if c not in self.fields)
+        if missing:
+            raise DataFileError(source, f"{self.kind} records need columns "
+                                f"{missing}, which it lacks; it has {list(columns)}"
+                                + _did_you_mean(ignored, missing))
+        near = [c for c in ignored if _did_you_mean([c], ["prompt"])]
+        if self.implicit_prompt and near:
+            raise DataFileError(source, f"has no 'prompt' column but has "
+                                f"{near[0]!r}: did you mean 'prompt'? Without a "
+                                "prompt column the prompt is implicit (the shared "
+                                f"start of chosen and rejected) and {near[0]!r} "
+                                "would be ignored; rename or drop it")
+        return ignored
 
     def read(self, record: Any) -> Example:
         """Normalises one record; raises :class:`Malformed` if it is bad."""
@@ -142,44 +212,47 @@ class RecordFormat:
         return example
 
     def _read_paired(self, record: Mapping) -> Example:
-        chosen, rejected = _get(record, "chosen"), _get(record, "rejected")
-        chat = _check_text(chosen, "chosen", None)
-        _check_text(rejected, "rejected", chat)
-        _check_nonempty(chosen, "chosen")
-        _check_nonempty(rejected, "rejected")
+        chosen, rejected = get(record, "chosen"), get(record, "rejected")
+        chat = check_text(chosen, "chosen", None)
+        check_text(rejected, "rejected", chat)
         if chosen == rejected:
             raise Malformed("identical_responses", "rejected",
                             "chosen and rejected are identical")
-        if self.implicit_prompt and record.get("prompt") is None:
+        if self.implicit_prompt:
             prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)
-            _check_nonempty(chosen, "chosen")
-            _check_nonempty(rejected, "rejected")
+            if not (prompt if chat else prompt.strip()):
+                raise Malformed("missing_field", "prompt", "no prompt column, "
+                                "and chosen and rejected share no prefix to "
+                                "use as the implicit prompt")
         else:
-            prompt = _get(record, "prompt")
-            _check_text(prompt, "prompt", chat, response=False)
+            prompt = get(record, "prompt")
+            check_text(prompt, "prompt", chat)
+        check_response(chosen, "chosen")
+        check_response(rejected, "rejected")
         preference = 1.0
         if self.preference_field is not None:
-            preference = _probability(_get(record, self.preference_field),
+            preference = probability(get(record, self.preference_field),
                                       self.preference_field)
         return Example("paired", prompt, (chosen, rejected),
                        ("chosen", "rejected"),
                        {"preference": np.float32(preference)})
 
     def _read_ranked(self, record: Mapping) -> Example:
-        responses = _get(record, "responses")
-        scores = _get(record, "scores")
+        responses = get(record, "responses")
+        scores = get(record, "scores")
         for field, value in (("responses", responses), ("scores", scores)):
             if not isinstance(value, (list, tuple)):
                 raise Malformed("wrong_type", field, "expected a list; got "
                                 f"{type(value).__name__}")
         self._check_count(len(responses), len(scores))
-        chat = _check_text(responses[0], "responses[0]", None)
+        chat = check_text(responses[0], "responses[0]", None)
         for g, response in enumerate(responses):
-            _check_text(response, f"responses[{g}]", chat)
-            _check_nonempty(response, f"responses[{g}]")
-        prompt = _get(record, "prompt")
-        _check_text(prompt, "prompt", chat, response=False)
-        values = [_finite(s, f"scores[{g}]") for g, s in enumerate(scores)]
+            check_text(response, f"responses[{g}]", chat)
+            check_response(response, f"responses[{g}]")
+        prompt = get(record, "prompt")
+        check_text(prompt, "prompt", chat)
+        values = [finite(s, f"scores[{g}]") for g, s in enumerate(scores)]
+        _check_duplicates(responses, values)
         order = sorted(range(len(values)), key=lambda g: -values[g])
         return Example("ranked", prompt, tuple(responses[g] for g in order),
                        tuple(f"responses[{g}]" for g in order),
@@ -197,12 +270,12 @@ class RecordFormat:
                             f"expected {want} responses; got {num_responses}")
 
     def _read_unpaired(self, record: Mapping) -> Example:
-        completion = _get(record, "completion")
-        chat = _check_text(completion, "completion", None)
-        _check_nonempty(completion, "completion")
-        prompt = _get(record, "prompt")
-        _check_text(prompt, "prompt", chat, response=False)
-        label = _get(record, "label")
+        completion = get(record, "completion")
+        chat = check_text(completion, "completion", None)
+        check_response(completion, "completion")
+        prompt = get(record, "prompt")
+        check_text(prompt, "prompt", chat)
+        label = get(record, "label")
         if not isinstance(label, (bool, np.bool_)):
             raise Malformed("wrong_type", "label",
                             f"expected a bool; got {type(label).__name__} "
@@ -215,13 +288,13 @@ def _field_label(record: Mapping, fields: tuple[str, ...]) -> np.ndarray:
     """One label per response from its field: numbers ``[G]`` or equal-length lists ``[G, K]``."""
     values = []
     for field in fields:
-        value = _get(record, field)
+        value = get(record, field)
         if isinstance(value, (list, tuple, np.ndarray)):
             if len(value) == 0:
                 raise Malformed("wrong_type", field, "expected a non-empty list of numbers")
-            values.append([_finite(v, f"{field}[{k}]") for k, v in enumerate(value)])
+            values.append([finite(v, f"{field}[{k}]") for k, v in enumerate(value)])
         else:
-            values.append(_finite(value, field))
+            values.append(finite(value, field))
     shapes = {np.shape(v) for v in values}
     if len(shapes) > 1:
         raise Malformed("wrong_type", fields[-1], f"fields {list(fields)} have different lengths "
@@ -229,48 +302,17 @@ def _field_label(record: Mapping, fields: tuple[str, ...]) -> np.ndarray:
     return np.asarray(values, np.float32)
 
 
-def _get(record: Mapping, field: str) -> Any:
-    value = record.get(field)
-    if value is None:
-        raise Malformed("missing_field", field, "required field is missing or null")
-    return value
-
-
-def _check_text(value: Any, field: str, chat: bool | None, *,
-                response: bool = True) -> bool:
-    """Checks a string or message list; returns whether it is conversational.
-
-    ``chat`` is the record's style (``None`` while unknown); a value of the
-    other style is a ``wrong_type``.
-    """
-    kind = "string" if chat is False else "list of messages" if chat else (
-        "string or a list of {role, content} messages")
-    if isinstance(value, str) and chat is not True:
-        return False
-    if isinstance(value, list) and chat is not False:
-        for m, message in enumerate(value):
-            _check_message(message, f"{field}[{m}]")
-        if response and not value:
-            raise Malformed("empty_response", field, "no messages")
-        return True
-    raise Malformed("wrong_type", field,
-                    f"expected a {kind}; got {type(value).__name__}")
-
-
-def _check_message(message: Any, field: str) -> None:
-    if not isinstance(message, Mapping):
-        raise Malformed("wrong_type", field, "expected a {role, content} "
-                        f"message; got {type(message).__name__}")
-    for key in ("role", "content"):
-        if not isinstance(message.get(key), str):
-            raise Malformed("wrong_type", f"{field}.{key}", "expected a "
-                            f"string; got {type(message.get(key)).__name__}")
-
-
-def _check_nonempty(value: Text, field: str) -> None:
-    texts = [value] if isinstance(value, str) else [m["content"] for m in value]
-    if not any(t.strip() for t in texts):
-        raise Malformed("empty_response", field, "response is empty")
+def _check_duplicates(responses: Sequence[Text], scores: list[float]) -> None:
+    """A ranked list must not be one response repeated, nor score one response twice."""
+    if all(r == responses[0] for r in responses[1:]):
+        raise Malformed("identical_responses", "responses",
+                        f"all {len(responses)} responses are identical")
+    for h in range(1, len(responses)):
+        for g in range(h):
+            if responses[g] == responses[h] and scores[g] != scores[h]:
+                raise Malformed("identical_responses", f"responses[{h}]",
+                                f"same as responses[{g}] but scored "
+                                f"{scores[h]} instead of {scores[g]}")
 
 
 def _split_shared_prefix(chosen: Text, rejected: Text) -> tuple[Text, ...]:
@@ -287,20 +329,3 @@ def _split_shared_prefix(chosen: Text, rejected: Text) -> tuple[Text, ...]:
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def _finite(value: Any, field: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise Malformed("wrong_type", field,
-                        f"expected a number; got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise Malformed("wrong_type", field, f"expected a finite number; "
-                        f"got {value}")
-    return float(value)
-
-
-def _probability(value: Any, field: str) -> float:
-    p = _finite(value, field)
-    if not 0.0 <= p <= 1.0:
-        raise Malformed("wrong_type", field,
-                        f"expected a probability in [0, 1]; got {p}")
-    return p

@@ -30,7 +30,7 @@ from jalign.data.collate import Collator, bucket_lengths
 from jalign.data.formats import RecordFormat
 from jalign.data.sources import open_source
 from jalign.data.tokenization import TokenizedExample, Tokenization, tokenize
-from jalign.data.validation import OnError, RecordPolicy, SkipReport
+from jalign.data.validation import DataFileError, OnError, RecordPolicy, SkipReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,17 +82,23 @@ def read_preferences(source: Any, tokenizer: Any, *,
         the first bad record, or ``"skip"`` and count it in ``report``.
 
     Returns:
-      The kept examples with the skip report (also logged).
+      The kept examples with the report (also logged): records kept, skipped
+      per reason, truncated per part, and the columns the format ignores.
 
     Raises:
       MalformedRecordError: a bad record under ``on_error="raise"``.
-      ValueError: no record was kept.
+      DataFileError: a bad file whatever ``on_error`` says (missing, empty,
+        unreadable, no column for a field the format reads, a misspelt
+        ``prompt`` column), or no record was kept.
     """
     source = open_source(source)
     fmt = RecordFormat.for_columns(source.columns, kind=kind,
                                    preference_field=preference_field,
-                                   num_responses=num_responses, labels=labels)
-    policy = RecordPolicy(on_error, SkipReport(source.name), source.locate)
+                                   num_responses=num_responses, labels=labels,
+                                   source=source.name)
+    report = SkipReport(source.name,
+                        ignored_columns=fmt.check_columns(source.columns, source.name))
+    policy = RecordPolicy(on_error, report, source.locate)
     examples = []
     for index in range(len(source)):
         example = policy.apply(index, functools.partial(
@@ -100,12 +106,14 @@ def read_preferences(source: Any, tokenizer: Any, *,
         if example is None:
             continue
         examples.append(example)
+        report.truncated.update(example.truncated)
         if fmt.kind == "ranked" and fmt.num_responses is None:
             fmt = dataclasses.replace(fmt, num_responses=len(example.responses))
-    policy.report.log()
+    report.log()
     if not examples:
-        raise ValueError(f"{source.name}: no usable records: "
-                         f"{policy.report.as_dict()}")
+        first = next(iter(report.first.values()), "")
+        raise DataFileError(source.name, f"no usable records: skipped "
+                            f"{dict(report.skipped)}; first: {first}")
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id)
                    if i is not None), 0)
     return PreferenceData(examples, policy.report, fmt, tokenization, pad_id)

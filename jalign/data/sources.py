@@ -18,51 +18,108 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jalign.data.validation import Malformed
+from jalign.data.validation import DataFileError, Malformed
+
+
+# What decoding one record can raise besides Malformed: pyarrow's errors are
+# ValueError / TypeError / NotImplementedError subclasses, a bad string is a
+# UnicodeDecodeError. OSError and MemoryError are faults, not data, and pass.
+_DECODE_ERRORS = (ValueError, TypeError, ArithmeticError, RecursionError,
+                  NotImplementedError)
 
 
 class _Source:
+    """Base: ``source[i]`` turns any decoding failure into ``Malformed``."""
+
     name: str
     columns: tuple[str, ...]
 
     def locate(self, index: int) -> str:
         return f"record {index}"
 
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self._read(index)
+        except Malformed:
+            raise
+        except _DECODE_ERRORS as e:
+            raise Malformed("unparseable", None, "cannot decode the record: "
+                            f"{type(e).__name__}: {e}") from None
+
+    def _read(self, index: int) -> dict:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} records)"
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 class JsonlSource(_Source):
     """One JSON object per line; blank lines are not records.
 
+    A UTF-8 byte-order mark at the start of the file is ignored. ``columns``
+    are the keys of every record, in order of first appearance.
     ``source[i]`` raises ``Malformed("unparseable")`` for a line that is not a
-    UTF-8 JSON object; ``locate(i)`` names the line.
+    UTF-8 JSON object (or names a key twice); ``locate(i)`` names the line.
+
+    Raises:
+      DataFileError: the file is missing, UTF-16, empty, only blank lines, or
+        has no line that parses.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.name = os.fspath(path)
-        with open(path, "rb") as f:
-            lines = [(n + 1, line) for n, line in enumerate(f) if line.strip()]
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise DataFileError(self.name, f"cannot read: {e.strerror or e}") from None
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataFileError(self.name, "is UTF-16 encoded; expected UTF-8 "
+                                "JSON lines")
+        raw = raw[len(_BOM):] if raw.startswith(_BOM) else raw
+        lines = [(n + 1, line) for n, line in enumerate(raw.split(b"\n"))
+                 if line.strip()]
+        if not lines:
+            raise DataFileError(self.name, "has only blank lines; no records"
+                                if raw else "is empty")
+        if lines[0][1].strip() == b"[":
+            raise DataFileError(self.name, "is a JSON array, not JSON lines "
+                                "(one object per line)")
         self._line_numbers = [n for n, _ in lines]
         self._lines = [line for _, line in lines]
-        self.columns = self._first_keys()
+        self.columns = self._all_keys()
 
-    def _first_keys(self) -> tuple[str, ...]:
+    def _all_keys(self) -> tuple[str, ...]:
+        keys, first_error = {}, None
         for i in range(len(self)):
             try:
-                return tuple(self[i])
-            except Malformed:
-                continue
-        return ()
+                keys.update(dict.fromkeys(self[i]))
+            except Malformed as e:
+                first_error = first_error or f"{self.locate(i)}: {e.problem}"
+        if not keys:
+            raise DataFileError(self.name, "no line is a JSON object record; "
+                                f"first: {first_error}")
+        return tuple(keys)
 
     def __len__(self) -> int:
         return len(self._lines)
 
-    def __getitem__(self, index: int) -> dict:
+    def _read(self, index: int) -> dict:
         try:
-            record = json.loads(self._lines[index].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            record = json.loads(self._lines[index].decode("utf-8"),
+                                object_pairs_hook=_unique_keys)
+        except UnicodeDecodeError as e:
+            raise Malformed("unparseable", None, f"not UTF-8: {e}") from None
+        except RecursionError:
+            raise Malformed("unparseable", None, "JSON nested too deeply") from None
+        except json.JSONDecodeError as e:
             raise Malformed("unparseable", None, f"not valid JSON: {e}") from None
+        except ValueError as e:  # an integer over Python's 4300-digit limit
+            raise Malformed("unparseable", None, "not valid JSON: "
+                            f"{str(e).split(';')[0]}") from None
         if not isinstance(record, dict):
             raise Malformed("unparseable", None, "expected a JSON object; got "
                             f"{type(record).__name__}")
@@ -72,20 +129,56 @@ class JsonlSource(_Source):
         return f"record {index} (line {self._line_numbers[index]})"
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: a JSON object that names a key twice is bad."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise Malformed("unparseable", None, f"a JSON object names the key "
+                        f"{twice!r} twice")
+    return record
+
+
 class ParquetSource(_Source):
-    """A Parquet file read with ``pyarrow``; nulls read as missing fields."""
+    """A Parquet file read with ``pyarrow``; nulls read as missing fields.
+
+    Raises:
+      DataFileError: the file is missing or not a readable Parquet file.
+    """
 
     def __init__(self, path: str | os.PathLike):
         import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
         self.name = os.fspath(path)
-        self._table = pq.read_table(path)
+        try:
+            self._table = pq.read_table(path)
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise DataFileError(self.name, f"not a readable Parquet file: {e}") from None
         self.columns = tuple(self._table.column_names)
+        if len(set(self.columns)) < len(self.columns):
+            raise DataFileError(self.name, f"repeats a column name: {list(self.columns)}")
 
     def __len__(self) -> int:
         return self._table.num_rows
 
-    def __getitem__(self, index: int) -> dict:
-        return self._table.slice(index, 1).to_pylist()[0]
+    def _read(self, index: int) -> dict:
+        row = self._table.slice(index, 1)
+        try:
+            return row.to_pylist()[0]
+        except _DECODE_ERRORS:
+            return _columnwise(row)
+
+
+def _columnwise(row: Any) -> dict:
+    """One Arrow row, column by column, so a value that fails names its field."""
+    record = {}
+    for name, column in zip(row.column_names, row.columns):
+        try:
+            record[name] = column.to_pylist()[0]
+        except _DECODE_ERRORS as e:
+            raise Malformed("unparseable", name, "cannot decode the value: "
+                            f"{type(e).__name__}: {e}") from None
+    return record
 
 
 class HFSource(_Source):
@@ -116,20 +209,33 @@ class HFSource(_Source):
         if builder is None:
             ext = os.path.splitext(files[0])[1].lstrip(".")
             builder = {"jsonl": "json", "json": "json"}.get(ext, ext)
-        dataset = datasets.load_dataset(builder, data_files=files, split=split,
-                                        cache_dir=cache_dir)
-        return cls(dataset, name=",".join(files))
+        name = ",".join(files)
+        try:
+            dataset = datasets.load_dataset(builder, data_files=files, split=split,
+                                            cache_dir=cache_dir)
+        except Exception as e:  # pylint: disable=broad-except
+            raise DataFileError(name, f"datasets cannot load it: "
+                                f"{type(e).__name__}: {e}") from None
+        return cls(dataset, name=name)
 
     @classmethod
     def from_disk(cls, path: str | os.PathLike,
                   split: str | None = None) -> "HFSource":
         """``datasets.load_from_disk`` of a saved ``Dataset`` or ``DatasetDict``."""
         import datasets  # pylint: disable=import-outside-toplevel
-        dataset = datasets.load_from_disk(os.fspath(path))
+        if _saved_without_data(path):  # datasets itself fails with an IndexError
+            raise DataFileError(os.fspath(path), "has no records (a saved "
+                                "dataset with no data files)")
+        try:
+            dataset = datasets.load_from_disk(os.fspath(path))
+        except (OSError, ValueError, LookupError) as e:
+            raise DataFileError(os.fspath(path), "cannot load it as a saved "
+                                f"datasets directory (save_to_disk): "
+                                f"{type(e).__name__}: {e}") from None
         if isinstance(dataset, datasets.DatasetDict):
-            if split is None:
-                raise ValueError(f"{os.fspath(path)} holds splits "
-                                 f"{sorted(dataset)}; pass split=")
+            if split not in dataset:
+                raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; "
+                                    f"pass split= one of them (got {split!r})")
             dataset = dataset[split]
         name = os.fspath(path) + (f"[{split}]" if split else "")
         return cls(dataset, name=name)
@@ -137,8 +243,20 @@ class HFSource(_Source):
     def __len__(self) -> int:
         return len(self._dataset)
 
-    def __getitem__(self, index: int) -> dict:
-        return self._dataset[index]
+    def _read(self, index: int) -> dict:
+        try:
+            return self._dataset[index]
+        except _DECODE_ERRORS:
+            return _columnwise(self._dataset.with_format("arrow")[index])
+
+
+def _saved_without_data(path: str | os.PathLike) -> bool:
+    """Whether ``save_to_disk`` wrote an empty ``Dataset`` here (no data files)."""
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            return json.load(f).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class TfdsSource(_Source):
@@ -154,7 +272,13 @@ class TfdsSource(_Source):
     def __init__(self, data_source: Any, name: str):
         self.name = name
         self._data_source = data_source
-        self.columns = tuple(self[0]) if len(data_source) else ()
+        self.columns = ()
+        for i in range(len(data_source)):
+            try:
+                self.columns = tuple(self[i])
+                break
+            except Malformed:
+                continue
 
     @classmethod
     def load(cls, dataset: str, *, split: str,
@@ -175,7 +299,7 @@ class TfdsSource(_Source):
     def __len__(self) -> int:
         return len(self._data_source)
 
-    def __getitem__(self, index: int) -> dict:
+    def _read(self, index: int) -> dict:
         record = self._data_source[index]
         return {key: _decode(value) for key, value in record.items()}
 
@@ -212,20 +336,36 @@ def open_source(source: Any) -> _Source:
     Accepts a ``.jsonl`` or ``.parquet`` path, a directory written by
     ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset``, or an existing
     source (returned unchanged).
+
+    Raises:
+      DataFileError: an empty path, a missing file, an unknown file type, a
+        file that cannot be read, or a source with no records.
+      TypeError: an object that is not a known kind of dataset.
     """
+    opened = _open(source)
+    if len(opened) == 0:
+        raise DataFileError(opened.name, "has no records")
+    return opened
+
+
+def _open(source: Any) -> _Source:
     if isinstance(source, _Source):
         return source
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if not path:
+            raise DataFileError("", "the data path is empty")
         if os.path.isdir(path):
             return HFSource.from_disk(path)
+        if not os.path.exists(path):
+            raise DataFileError(path, "no such file or directory")
         ext = os.path.splitext(path)[1]
         if ext == ".jsonl":
             return JsonlSource(path)
         if ext == ".parquet":
             return ParquetSource(path)
-        raise ValueError(f"{path}: unknown data file type {ext!r}; expected "
-                         ".jsonl, .parquet or a saved datasets directory")
+        raise DataFileError(path, f"unknown data file type {ext!r}; expected "
+                            ".jsonl, .parquet or a saved datasets directory")
     hf_datasets = sys.modules.get("datasets")
     if hf_datasets is not None and isinstance(source, hf_datasets.Dataset):
         return HFSource(source, name=source.info.dataset_name

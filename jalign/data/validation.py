@@ -1,19 +1,36 @@
-"""Malformed-record errors and the counted-skip policy.
+"""Malformed-record errors, file errors and the counted-skip policy.
 
 Every record that cannot become a training example is either an error that
 names the file, the record and the field, or a skip counted under one of the
-reasons below. Nothing is dropped silently.
+reasons below. Nothing is dropped silently. A problem with a whole file (it is
+missing, empty, not Parquet, lacks a column the format needs) is a
+:class:`DataFileError` naming the file, whatever ``on_error`` says. Both are
+:class:`DataError`, a ``ValueError``.
 
 Reasons:
 
-- ``"unparseable"``: a JSONL line that is not a JSON object.
-- ``"missing_field"``: a required field is absent or null.
+- ``"unparseable"``: a record the source cannot decode: a JSONL line that is
+  not a UTF-8 JSON object (invalid bytes, a torn line, nesting too deep, an
+  integer too long to parse, a key given twice), or a Parquet / Arrow value
+  that is not valid UTF-8.
+- ``"missing_field"``: a required field is absent or null; in a paired file
+  without a ``prompt`` column, chosen and rejected share no prefix to use as
+  the implicit prompt.
+- ``"empty_response"``: a response that is empty or only whitespace, or that
+  tokenises to no tokens.
 - ``"wrong_type"``: a field has the wrong type: a non-string text, a message
   list without ``role``/``content`` strings, a non-boolean label, a
-  non-finite score, a preference probability outside ``[0, 1]``.
-- ``"empty_response"``: a response that is empty or only whitespace.
+  non-finite score or one beyond float32's range, a preference probability
+  outside ``[0, 1]``, a message role that is not one of
+  ``jalign.data.fields.ROLES``, or a response message whose role is not an
+  assistant's.
+- ``"invalid_text"``: a string that is not valid Unicode (a lone surrogate
+  such as ``"\\ud800"``), or text the tokenizer rejects.
+- ``"chat_template"``: the tokenizer's chat template fails on the messages,
+  or does not render the prompt as a prefix of prompt + response.
 - ``"identical_responses"``: a pair whose chosen and rejected responses are the
-  same (as text, or as tokens after truncation).
+  same (as text, or as tokens after truncation); a ranked list whose responses
+  are all the same, or that gives one response two different scores.
 - ``"response_count"``: a ranked list whose number of responses or scores
   differs from the dataset's ``G``, or has fewer than two.
 - ``"too_long"``: longer than the length budget after tokenisation, under the
@@ -31,6 +48,8 @@ REASONS = (
     "unparseable",
     "missing_field",
     "wrong_type",
+    "invalid_text",
+    "chat_template",
     "empty_response",
     "identical_responses",
     "response_count",
@@ -60,7 +79,25 @@ class Malformed(Exception):
         self.problem = problem
 
 
-class MalformedRecordError(ValueError):
+class DataError(ValueError):
+    """A data problem the user must fix: a malformed record or a bad file."""
+
+
+class DataFileError(DataError):
+    """A problem with a whole source: the message starts with its name.
+
+    Attributes:
+      source: the file, directory or dataset name (``""`` if none was given).
+      problem: what is wrong, without the name.
+    """
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"{source}: {problem}" if source else problem)
+        self.source = source
+        self.problem = problem
+
+
+class MalformedRecordError(DataError):
     """A malformed record under ``on_error="raise"``.
 
     The message reads ``"<source>: record <i>[ (line <n>)]: field '<f>':
@@ -80,7 +117,7 @@ class MalformedRecordError(ValueError):
 
 @dataclasses.dataclass
 class SkipReport:
-    """Counts of records read, kept and skipped per reason, for one source.
+    """What reading one source did: records kept, skipped, truncated.
 
     Attributes:
       source: the file or dataset name.
@@ -88,6 +125,9 @@ class SkipReport:
       kept: records that became examples.
       skipped: reason -> number of records skipped for it.
       first: reason -> the message of the first record skipped for it.
+      truncated: part (``"prompt"``, ``"response"``) -> number of kept
+        records whose part was cut to fit the length budget.
+      ignored_columns: columns of the source that the format does not read.
     """
 
     source: str
@@ -96,14 +136,27 @@ class SkipReport:
     skipped: dict[str, int] = dataclasses.field(
         default_factory=collections.Counter)
     first: dict[str, str] = dataclasses.field(default_factory=dict)
+    truncated: dict[str, int] = dataclasses.field(
+        default_factory=collections.Counter)
+    ignored_columns: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        """A JSON-ready summary: ``{"source", "total", "kept", "skipped"}``."""
+        """A JSON-ready summary: ``{"source", "total", "kept", "skipped",
+        "truncated", "ignored_columns"}``."""
         return {"source": self.source, "total": self.total, "kept": self.kept,
-                "skipped": dict(sorted(self.skipped.items()))}
+                "skipped": dict(sorted(self.skipped.items())),
+                "truncated": dict(sorted(self.truncated.items())),
+                "ignored_columns": list(self.ignored_columns)}
 
     def log(self, logger: logging.Logger = _LOG) -> None:
-        """Logs the counts (a warning if anything was skipped)."""
+        """Logs the counts once (a warning if anything was skipped or cut)."""
+        if self.ignored_columns:
+            logger.warning("%s: ignoring columns %s (not read by this format)",
+                           self.source, list(self.ignored_columns))
+        cut = ", ".join(f"{k}={v}" for k, v in sorted(self.truncated.items()))
+        if cut:
+            logger.warning("%s: truncated to the length budget: %s records",
+                           self.source, cut)
         if not self.skipped:
             logger.info("%s: kept all %d records", self.source, self.total)
             return

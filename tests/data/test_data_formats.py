@@ -8,7 +8,7 @@ unpaired) and this package's ranked-list convention (best first).
 import numpy as np
 import pytest
 
-from jalign.data import Example, RecordFormat, detect_kind
+from jalign.data import DataFileError, Example, RecordFormat, detect_kind
 
 
 def _user(text):
@@ -138,3 +138,33 @@ def test_detect_kind_unknown_columns():
     """Unrecognised columns are an error that lists them."""
     with pytest.raises(ValueError, match=r"\['answer', 'question'\]"):
         detect_kind(("question", "answer"))
+
+
+def test_detect_kind_names_the_source_and_a_near_miss():
+    """The error starts with the source and suggests the misspelt field."""
+    with pytest.raises(DataFileError, match=r"^d\.jsonl: cannot tell.*did you mean "
+                                            r"'rejected' for 'rejectd'\?"):
+        detect_kind(("prompt", "chosen", "rejectd"), source="d.jsonl")
+
+
+@pytest.mark.parametrize("columns, ignored", [
+    (("prompt", "chosen", "rejected"), ()),
+    (("id", "prompt", "chosen", "rejected", "score_chosen"), ("id", "score_chosen")),
+    (("chosen", "rejected", "source"), ("source",)),
+])
+def test_check_columns_returns_the_ignored_ones(columns, ignored):
+    """Columns the format does not read are returned, in source order."""
+    fmt = RecordFormat.for_columns(columns)
+    assert fmt.check_columns(columns, "d.jsonl") == ignored
+
+
+@pytest.mark.parametrize("column", ["promt", "Prompt", "prompts"])
+def test_a_misspelt_prompt_column_is_refused(column):
+    """Without a prompt column the prompt would be implicit and the misspelt
+    column dropped with the question in it; the file is refused instead."""
+    columns = (column, "chosen", "rejected")
+    fmt = RecordFormat.for_columns(columns)
+    assert fmt.implicit_prompt
+    with pytest.raises(DataFileError, match=rf"^d\.jsonl: has no 'prompt' column but "
+                                            rf"has '{column}'"):
+        fmt.check_columns(columns, "d.jsonl")

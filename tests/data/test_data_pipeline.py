@@ -34,7 +34,8 @@ def test_shipped_files_read_cleanly(tokenizer):
         "kept"] == 40
     chat = read_preferences(CHAT, tokenizer)
     assert chat.report.as_dict() == {"source": str(CHAT), "total": 30,
-                                     "kept": 30, "skipped": {}}
+                                     "kept": 30, "skipped": {}, "truncated": {},
+                                     "ignored_columns": []}
 
 
 def test_batch_shapes_and_epoch_coverage(standard):
@@ -123,3 +124,54 @@ def test_ranked_and_unpaired_batches(tmp_path, tokenizer):
     assert batch["response_tokens"].shape[:2] == (4, 1)
     np.testing.assert_array_equal(batch["labels"]["desirable"],
                                   [[1], [0], [1], [0]])
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_truncations_are_counted_by_part(tmp_path, tokenizer, caplog):
+    """The report counts kept records whose prompt or responses were cut:
+    under keep_end, the 3 long prompts of 5; under keep_start with a tight
+    budget, every prompt and the long responses as well."""
+    short = {"prompt": "Q?", "chosen": " Yes.", "rejected": " No."}
+    long = {"prompt": "word " * 30 + "Q?", "chosen": " Yes.", "rejected": " No."}
+    path = _write(tmp_path / "d.jsonl", [short, long, long, short, long])
+    with caplog.at_level("WARNING", logger="jalign.data"):
+        data = read_preferences(path, tokenizer, tokenization=Tokenization(
+            max_length=16, truncation="keep_end"))
+    assert data.report.as_dict()["truncated"] == {"prompt": 3}
+    assert data.report.as_dict()["kept"] == 5
+    assert "truncated to the length budget: prompt=3 records" in caplog.text
+    cut = read_preferences(path, tokenizer, tokenization=Tokenization(
+        max_length=3, max_prompt_length=1, truncation="keep_start"))
+    assert cut.report.as_dict()["truncated"] == {"prompt": 5, "response": 5}
+
+
+def test_ignored_columns_are_reported_once(tmp_path, tokenizer, caplog):
+    """Columns the format does not read are listed in the report and in one
+    warning, not per record."""
+    rows = [{"id": i, "prompt": "Q?", "chosen": " Yes.", "rejected": " No.",
+             "source": "hand"} for i in range(4)]
+    path = _write(tmp_path / "d.jsonl", rows)
+    with caplog.at_level("WARNING", logger="jalign.data"):
+        data = read_preferences(path, tokenizer)
+    assert data.report.as_dict()["ignored_columns"] == ["id", "source"]
+    warnings = [r.getMessage() for r in caplog.records if "ignoring columns" in r.getMessage()]
+    assert warnings == [f"{path}: ignoring columns ['id', 'source'] (not read by this format)"]
+
+
+def test_implicit_prompt_only_without_a_prompt_column(tmp_path, tokenizer):
+    """TRL's rule (maybe_extract_prompt: extract when "prompt" is not in the
+    example, and every row of a dataset has every column): one record with a
+    prompt makes the prompt a column, so a record without one is a missing
+    field, not an implicit prompt."""
+    implicit = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    data = read_preferences(_write(tmp_path / "i.jsonl", [implicit] * 2), tokenizer)
+    assert data.format.implicit_prompt
+    mixed = _write(tmp_path / "m.jsonl", [implicit, {**implicit, "prompt": "Sky?"}])
+    skipped = read_preferences(mixed, tokenizer, on_error="skip")
+    assert not skipped.format.implicit_prompt
+    assert skipped.report.as_dict()["skipped"] == {"missing_field": 1}
+    assert [e.index for e in skipped.examples] == [1]

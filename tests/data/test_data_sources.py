@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jalign.data import (HFSource, JsonlSource, MalformedRecordError,
+from jalign.data import (DataFileError, HFSource, JsonlSource,
+                         MalformedRecordError,
                          ParquetSource, TfdsSource, open_source,
                          read_preferences)
 
@@ -96,7 +97,7 @@ def test_hf_load_from_disk(tmp_path):
     assert _all(open_source(tmp_path / "single")) == RECORDS
     datasets.DatasetDict({"train": datasets.Dataset.from_list(CHAT_RECORDS)}
                          ).save_to_disk(tmp_path / "dict")
-    with pytest.raises(ValueError, match=r"splits \['train'\]; pass split="):
+    with pytest.raises(DataFileError, match=r"splits \['train'\]; pass split="):
         HFSource.from_disk(tmp_path / "dict")
     assert _all(HFSource.from_disk(tmp_path / "dict", "train")) == CHAT_RECORDS
 
@@ -189,7 +190,8 @@ def test_every_source_gives_the_same_examples(tmp_path, tokenizer):
 
 def test_open_source_rejects_unknown_files(tmp_path):
     """Unknown file types are named in the error."""
-    with pytest.raises(ValueError, match=r"d\.csv: unknown data file type"):
+    (tmp_path / "d.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataFileError, match=r"d\.csv: unknown data file type"):
         open_source(tmp_path / "d.csv")
 
 
@@ -211,3 +213,19 @@ def test_hf_files_are_validated_like_jsonl(tmp_path, tokenizer):
     with pytest.raises(MalformedRecordError,
                        match=r"mixed\.jsonl: record 1: field 'chosen'"):
         read_preferences(source, tokenizer)
+
+
+def test_jsonl_byte_order_mark_is_accepted(tmp_path):
+    """A UTF-8 BOM (as some editors write) does not make record 0 bad."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _jsonl(tmp_path / "plain.jsonl", RECORDS).read_bytes())
+    source = JsonlSource(path)
+    assert _all(source) == RECORDS
+    assert source.columns == ("prompt", "chosen", "rejected")
+
+
+def test_jsonl_columns_are_the_union_of_keys(tmp_path):
+    """Columns come from every record, not the first one alone."""
+    path = _jsonl(tmp_path / "d.jsonl", [{"chosen": "a", "rejected": "b"},
+                                         {**RECORDS[0], "id": 3}])
+    assert JsonlSource(path).columns == ("chosen", "rejected", "prompt", "id")
