@@ -94,7 +94,7 @@ def build_model(exp: Experiment, plan: Plan | None = None) -> tuple[nnx.Module, 
 def plan_for(exp: Experiment) -> Plan:
     """The provider's plan for ``exp`` (refuses before any model is built or compiled)."""
     source = open_source(exp.data.train)
-    kind = exp.data.kind or detect_kind(source.columns)
+    kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
                        lora=exp.model.lora_rank > 0, guide=exp.model.guide is not None,
                        metric_extras=exp.train.extras)
