@@ -182,8 +182,8 @@ class _PeerWatch(threading.Thread):
     def guard_coordinator(self) -> None:
         while not self._stop.wait(self._interval):
             if time.monotonic() - self._answered > self._timeout:
-                exit_for_peer_failure(f"process 0 (the coordinator) stopped answering: no reply for {self._timeout:g} s "
-                                      f"({ENV_PEER_TIMEOUT}){_RESUME}")
+                exit_for_peer_failure(f"process 0 (the coordinator) stopped answering: no reply for "
+                                      f"{self._timeout:g} s ({ENV_PEER_TIMEOUT}){_RESUME}")
 
 
 def _env_int(name: str) -> int | None:

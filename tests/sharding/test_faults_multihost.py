@@ -38,7 +38,8 @@ WORKER = textwrap.dedent("""
         total = jax.jit(jnp.sum)
         def collective():
             local = np.ones(jax.local_device_count(), np.float32)
-            return float(total(jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("data")), local)))
+            sharding = NamedSharding(mesh, PartitionSpec("data"))
+            return float(total(jax.make_array_from_process_local_data(sharding, local)))
         assert collective() == jax.device_count()
         print("READY", flush=True)
         if os.environ["WORKER_MODE"] == "finish_unevenly":

@@ -28,8 +28,8 @@ sys.path.insert(0, str(HERE))
 from tiny_experiment import experiment as tiny_experiment  # noqa: E402
 
 STEPS = 10
-INTERRUPTED = re.compile(r"^jalign: interrupted at step (\d+); last checkpoint (\d+); rerun the same command to resume$",
-                         re.MULTILINE)
+INTERRUPTED = re.compile(
+    r"^jalign: interrupted at step (\d+); last checkpoint (\d+); rerun the same command to resume$", re.MULTILINE)
 
 
 def _experiment_file(folder: pathlib.Path, body: str, name: str = "exp.py") -> str:
