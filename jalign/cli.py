@@ -1,4 +1,15 @@
-"""The `jalign` command line: train, sweep, reproduce, objectives."""
+"""The `jalign` command line: train, sweep, reproduce, objectives.
+
+Errors the user can fix print one line, ``jalign: error: ...``, and exit 2
+(``--debug`` adds the traceback). They are a missing file or folder
+(``FileNotFoundError`` and its kin, from anywhere) and a ``ValueError``
+raised by jalign's own code or the experiment file: config and override
+errors, data errors, a refused objective, a changed config on resume. A
+``ValueError`` raised inside a library (JAX, NumPy, orbax...) and every other
+exception is a bug, and keeps its traceback. Ctrl-C exits 130, saying where
+the run stopped; a lost peer in a multi-host run exits 75
+(``jalign.sharding.multihost``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,14 @@ import importlib.util
 import json
 import pathlib
 import sys
+import traceback
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+USER_MODULE_PREFIX = "jalign_user_"  # experiment and reproduction files, imported by path
+USAGE_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _objectives_table(args) -> int:
@@ -19,8 +36,7 @@ def _objectives_table(args) -> int:
     if args.name:
         unknown = [n for n in args.name if n not in table]
         if unknown:
-            print(f"unknown objective(s) {unknown}; valid objectives: {', '.join(table)}", file=sys.stderr)
-            return 2
+            raise ValueError(f"unknown objective(s) {unknown}; valid objectives: {', '.join(table)}")
         table = {n: table[n] for n in args.name}
     for name, cls in table.items():
         hypers = ", ".join(
@@ -44,7 +60,11 @@ def reproductions() -> dict[str, pathlib.Path]:
 
 def load_module(path: pathlib.Path):
     """Imports a Python file by path (experiment and reproduction files)."""
-    spec = importlib.util.spec_from_file_location(f"jalign_user_{path.stem}", path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix != ".py":
+        raise ValueError(f"{path}: experiment files are Python files (.py) defining experiment()")
+    spec = importlib.util.spec_from_file_location(f"{USER_MODULE_PREFIX}{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,8 +73,7 @@ def load_module(path: pathlib.Path):
 def _reproduce(args) -> int:
     available = reproductions()
     if args.name not in available:
-        print(f"unknown reproduction {args.name!r}; available: {', '.join(available)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown reproduction {args.name!r}; available: {', '.join(available)}")
     out_dir = pathlib.Path(args.out or f"runs/reproduce/{args.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_module(available[args.name]).main(out_dir, quick=args.quick)
@@ -69,7 +88,7 @@ def load_experiment(path: str, overrides: list[str]):
 
     module = load_module(pathlib.Path(path))
     if not hasattr(module, "experiment"):
-        raise SystemExit(f"{path}: an experiment file must define experiment() -> Experiment")
+        raise ValueError(f"{path}: an experiment file must define experiment() -> Experiment")
     return module, apply_overrides(module.experiment(), overrides)
 
 
@@ -113,7 +132,9 @@ def _sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jalign", description=__doc__)
+    parser = argparse.ArgumentParser(prog="jalign", description=__doc__.split("\n\n")[0],
+                                     epilog="exit status: 0 done, 2 user error, 75 lost peer, 130 interrupted")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     objectives = commands.add_parser("objectives", help="list objectives with citation, inputs, hyperparameters")
@@ -123,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run an experiment file")
     train.add_argument("file", help="experiment file defining experiment()")
     train.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="typed override")
+    _resume_and_debug_flags(train)
     train.set_defaults(run=_train)
 
     sweep = commands.add_parser("sweep", help="run an experiment over a grid of config values")
@@ -133,19 +155,73 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="runs/sweep", help="sweep folder (one sub-folder per point)")
     sweep.add_argument("--print-commands", action="store_true",
                        help="print one `jalign train` command per point (run it on every host of a slice)")
+    _resume_and_debug_flags(sweep)
     sweep.set_defaults(run=_sweep)
 
     reproduce = commands.add_parser("reproduce", help="run a theory-paper reproduction")
     reproduce.add_argument("name", help="reproduction name (file in experiments/reproduce)")
     reproduce.add_argument("--out", help="output folder (default runs/reproduce/NAME)")
     reproduce.add_argument("--quick", action="store_true", help="shortened run, seconds")
+    reproduce.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     reproduce.set_defaults(run=_reproduce)
     return parser
 
 
+def _resume_and_debug_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-changes", action="store_true",
+                         help="resume a run even though its config changed in fields that change what is trained")
+    # Also accepted after the command; SUPPRESS keeps `jalign --debug train ...` from being reset.
+    command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A missing file, or a ``ValueError`` that jalign or the experiment file raised (see the module docstring)."""
+    if isinstance(error, FILE_ERRORS):
+        return True
+    if not isinstance(error, ValueError) or error.__traceback__ is None:
+        return False
+    raised = error.__traceback__
+    while raised.tb_next is not None:
+        raised = raised.tb_next
+    if raised.tb_frame.f_globals.get("__name__", "").startswith(USER_MODULE_PREFIX):
+        return True
+    return pathlib.Path(raised.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def _peer_failure(error: BaseException) -> str | None:
+    if "jax" not in sys.modules:  # nothing distributed can have started
+        return None
+    from jalign.sharding import peer_failure
+
+    return peer_failure(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    from jalign.train.run_config import allowing_changes
+
+    try:
+        with allowing_changes(getattr(args, "allow_changes", False)):
+            return args.run(args)
+    except KeyboardInterrupt as interrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"jalign: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Exception as error:  # noqa: BLE001 - sorted below; bugs are re-raised with their traceback
+        lost = _peer_failure(error)
+        if lost is not None:
+            from jalign.sharding import exit_for_peer_failure
+
+            if args.debug:
+                traceback.print_exc()
+            exit_for_peer_failure(lost)
+        if not is_user_error(error):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"jalign: error: {error}", file=sys.stderr)
+        return USAGE_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ again with the same command continues to exactly the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pathlib
+import signal
+import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -30,6 +34,7 @@ from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
 from jalign.train.optim import make_optimizer
 from jalign.train.reference import precompute_reference
+from jalign.train.run_config import check_and_save
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
 from jalign.train.evaluation import aggregate, make_eval_step
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
@@ -40,6 +45,15 @@ Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
 
 class NonFiniteLossError(RuntimeError):
     """A step produced a non-finite loss, gradient norm or updated state; it was not applied or saved."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: where the run stopped; its last checkpoint is intact."""
+
+    def __init__(self, step: int, checkpoint: int | None):
+        last = "none" if checkpoint is None else checkpoint
+        super().__init__(f"interrupted at step {step}; last checkpoint {last}; rerun the same command to resume")
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclasses.dataclass
@@ -191,7 +205,7 @@ def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
 
 
 def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, allow_changes: bool | None = None) -> dict:
     """Runs (or resumes) ``exp``; returns the last logged metrics and run facts.
 
     Args:
@@ -200,8 +214,16 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
         ``(step, policy, reference)``; its dict is logged with the metrics.
       stop_at: stop after this step without finishing (tests of resumption).
       progress: show the progress bar.
+      allow_changes: resume even if the saved config differs in a field that
+        changes what is trained (``jalign.train.run_config``); None: as
+        ``run_config.allowing_changes`` says (``jalign train --allow-changes``).
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C (a ``KeyboardInterrupt``), naming the step and the last checkpoint.
     """
     out = pathlib.Path(exp.train.out_dir)
+    check_and_save(exp, out, resuming=_has_checkpoint(out / "checkpoints"), allow_changes=allow_changes,
+                   write=jax.process_index() == 0)
     run = build(exp)
     checkpointer = Checkpointer(out / "checkpoints", keep=exp.train.keep_checkpoints)
     restored = checkpointer.restore_newest(run.state)  # verified; falls back past damaged checkpoints
@@ -209,11 +231,14 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     if restored is not None:
         start, run.state = restored.step, restored.state
         run.iterator.set_state(restored.data_state)
+        if jax.process_index() == 0:
+            print(f"resuming from step {start} ({checkpointer.directory / str(start)})", file=sys.stderr)
     writer = MetricsWriter(out, resume_from=start if start else None,
                            tensorboard=jax.process_index() == 0)
     bar = Progress(exp.train.steps, start, disable=not progress or jax.process_index() != 0)
     last: dict = {}
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
+    done = start
     try:
         for step in range(start + 1, end + 1):
             batch = _device_batch(next(run.iterator), run.mesh)
@@ -223,6 +248,7 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 run.state = None  # free the device copy before a checkpoint is read back to verify it
                 raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
                                          f"updated; {checkpointer.describe_last_good(like)}")
+            done = step
             row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
             eval_due = exp.train.eval_every and step % exp.train.eval_every == 0
             if run.eval_data is not None and (eval_due or step == exp.train.steps):
@@ -235,12 +261,36 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 bar.advance_to(step, row)
             checkpoint_due = exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
             if checkpoint_due or step == exp.train.steps:
-                checkpointer.save(step, run.state, run.iterator.get_state())
+                with _ctrl_c_after():
+                    checkpointer.save(step, run.state, run.iterator.get_state())
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(done, checkpointer.latest_step())
     finally:
         bar.close()
         writer.close()
         checkpointer.close()
     return {"metrics": last, "data": run.data_report, "steps": end, "resumed_from": start}
+
+
+def _has_checkpoint(directory: pathlib.Path) -> bool:
+    """Whether a run in ``directory`` would resume: orbax names finished checkpoints by their step."""
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+@contextlib.contextmanager
+def _ctrl_c_after():
+    """Holds a Ctrl-C until the block ends, so a checkpoint being written is finished first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda *received: held.append(received))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(*held[0])
 
 
 def final_policy(exp: Experiment) -> nnx.Module:

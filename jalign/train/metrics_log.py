@@ -19,6 +19,7 @@ import pathlib
 import time
 from typing import Mapping
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -33,13 +34,20 @@ def scalars(metrics: Mapping) -> dict[str, float]:
 
 
 class MetricsWriter:
-    """Appends ``{"step": s, **metrics}`` lines to ``metrics.jsonl`` and TensorBoard events."""
+    """Appends ``{"step": s, **metrics}`` lines to ``metrics.jsonl`` and TensorBoard events.
+
+    In a multi-host run every process computes the same rows; only process 0
+    writes them (the others' writers do nothing).
+    """
 
     def __init__(self, directory: str | pathlib.Path, *, resume_from: int | None = None,
                  tensorboard: bool = True):
         self.directory = pathlib.Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
+        self._file = self._tb = None
+        if jax.process_index() != 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_from)
         self._file = self.path.open("a")
         self._tb = None
@@ -62,6 +70,8 @@ class MetricsWriter:
         os.replace(partial, self.path)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self._file is None:
+            return
         row = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
@@ -70,7 +80,8 @@ class MetricsWriter:
                 self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
