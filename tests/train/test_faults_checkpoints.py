@@ -184,7 +184,7 @@ def test_learning_rate_1e39_stops_on_the_updated_state_naming_the_last_good_chec
     exp = fault_experiment.experiment(diverging, pathlib.Path(exp.model.tokenizer), steps=STEPS + 2,
                                       learning_rate=1e39)
     with pytest.raises(NonFiniteLossError) as error:
-        train(exp, progress=False)
+        train(exp, progress=False, allow_changes=True)  # resuming under a new learning rate, deliberately
     message = str(error.value)
     assert "non-finite parameters or optimizer state after the update" in message
     assert f"at step {STEPS + 1}" in message
