@@ -73,13 +73,27 @@ def test_sparsepo_with_the_reference_activation_mask_trains(assets, tmp_path, ca
 
 
 @pytest.mark.parametrize("name", SAMPLED)
-def test_sampled_objective_is_refused_before_building(name, assets, tmp_path, monkeypatch):
+def test_sampled_objective_is_refused_before_building(name, assets, tmp_path, monkeypatch, capsys):
+    """The CLI prints the provider's refusal as one user error (exit 2); no model is built."""
     import jalign.train.loop as loop
 
     monkeypatch.setattr(loop, "build_model", lambda *a, **k: pytest.fail("built a model for a refused objective"))
-    with pytest.raises(RefusedObjective, match=rf"{name}: its responses are sampled during training") as error:
-        _train(assets, tmp_path, name, capsys=None)
-    assert "no generation loop" in str(error.value)
+    with pytest.raises(RefusedObjective, match=rf"{name}: its responses are sampled during training"):
+        loop.plan_for(_experiment(assets, tmp_path, name))
+    argv = ["train", EXPERIMENT, "--set", f"objective={name}", "--set", f"data.train={DATA / DATA_FOR['pair']}",
+            "--set", f"model.tokenizer={assets / 'tokenizer'}", "--set", f"train.out_dir={tmp_path / 'run'}"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{name}: its responses are sampled during training" in error and "no generation loop" in error
+
+
+def _experiment(assets, tmp_path, name):
+    from jalign.train.overrides import apply_overrides
+
+    module = cli.load_module(pathlib.Path(EXPERIMENT))
+    return apply_overrides(module.experiment(), [
+        f"objective={name}", f"data.train={DATA / DATA_FOR[make(name).requires.responses]}",
+        f"model.tokenizer={assets / 'tokenizer'}", f"train.out_dir={tmp_path / 'run'}"])
 
 
 def test_the_registry_splits_into_these_two_groups():

@@ -27,7 +27,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from tiny_experiment import experiment as tiny_experiment  # noqa: E402
 
-STEPS = 10
+# Long enough that SIGINT lands mid-run: checkpoints are written asynchronously, and "2" appears as a
+# folder only once orbax has finalised it, some steps after the save started.
+STEPS = 40
 INTERRUPTED = re.compile(
     r"^jalign: interrupted at step (\d+); last checkpoint (\d+); rerun the same command to resume$", re.MULTILINE)
 
@@ -193,9 +195,9 @@ def test_which_fields_change_what_is_trained(tmp_path):
     assert changes("train.log_every=5", "train.checkpoint_every=3", "train.keep_checkpoints=4",
                    f"train.out_dir={tmp_path / 'moved'}", "train.eval_every=2", "train.logprob_impl=naive",
                    "mesh.data=2", "data.eval=held_out.jsonl", "train.extras=entropy,ref_kl") == []
-    assert changes("train.steps=20") == ["train.steps: 10 -> 20"]  # cosine: the schedule stretches
+    assert changes("train.steps=80") == [f"train.steps: {STEPS} -> 80"]  # cosine: the schedule stretches
     constant = apply_overrides(base, ["optimizer.schedule=constant"])
-    assert changes("train.steps=20", config=constant) == []
+    assert changes("train.steps=80", config=constant) == []
     assert changes("objective.sft.weight=0.2") == ["objective.sft.weight: 0.1 -> 0.2"]
     assert changes("objective=ipo")[:3] == ['objective: "dpo+sft" -> "ipo"', "objective.tau: (absent) -> 0.1",
                                             "objective.average: (absent) -> false"]
