@@ -27,8 +27,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from tiny_experiment import experiment as tiny_experiment  # noqa: E402
 
-# Long enough that SIGINT lands mid-run: checkpoints are written asynchronously, and "2" appears as a
-# folder only once orbax has finalised it, some steps after the save started.
+# Long enough that SIGINT lands mid-run: checkpoints are written asynchronously, and a step's folder
+# appears only once orbax has finalised it, some steps after the save started.
 STEPS = 40
 INTERRUPTED = re.compile(
     r"^jalign: interrupted at step (\d+); last checkpoint (\d+); rerun the same command to resume$", re.MULTILINE)
@@ -135,13 +135,22 @@ def interrupted_run(tmp_path_factory):
     run = folder / "run"
     first = subprocess.Popen(command, cwd=folder, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 600
-    while first.poll() is None and time.time() < deadline and not (run / "checkpoints" / "2").is_dir():
+    while first.poll() is None and time.time() < deadline and _newest_checkpoint(run) < 2:
         time.sleep(0.005)
     first.send_signal(signal.SIGINT)
     _, first_err = first.communicate(timeout=600)
     kept = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     again = subprocess.run(command, cwd=folder, env=env, text=True, capture_output=True, timeout=600)
     return run, command, env, subprocess.CompletedProcess(command, first.returncode, "", first_err), kept, again
+
+
+def _newest_checkpoint(run: pathlib.Path) -> int:
+    """The newest finalised checkpoint's step (0 if none). Older ones are deleted as new ones land
+    (keep_checkpoints), so waiting for one particular step's folder can miss it."""
+    try:
+        return max((int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()), default=0)
+    except FileNotFoundError:
+        return 0
 
 
 def test_ctrl_c_says_where_the_run_stopped_and_exits_130(interrupted_run):
