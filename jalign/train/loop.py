@@ -264,6 +264,7 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 with _ctrl_c_after():
                     checkpointer.save(step, run.state, run.iterator.get_state())
     except KeyboardInterrupt:
+        checkpointer.wait()  # asynchronous saves already started finish, so the message names a real one
         raise TrainingInterrupted(done, checkpointer.latest_step())
     finally:
         bar.close()
