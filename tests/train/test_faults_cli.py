@@ -133,7 +133,10 @@ def interrupted_run(tmp_path_factory):
     command = [sys.executable, "-m", "jalign.cli", "train", _tiny_file(folder)]
     env = _env(tmp_path_factory.mktemp("compilation_cache"))
     run = folder / "run"
-    first = subprocess.Popen(command, cwd=folder, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell's background jobs (CI starts the suite as one) inherit SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt; a terminal's Ctrl-C reaches a process whose SIGINT is at its default.
+    first = subprocess.Popen(command, cwd=folder, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while first.poll() is None and time.time() < deadline and _logged_steps(run) < 3:
         time.sleep(0.005)
