@@ -119,7 +119,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             q, k = apply_rope(q, ctx.q_pos, inv_freq), apply_rope(k, ctx.q_pos, inv_freq)
-        q = constrain(q, ("batch", None, "length", "heads", "head_dim"))
+        q = constrain(q, ("batch", None, "length", "act_heads", None))
         own = KeyBlock(k, v, ctx.q_pos, ctx.q_idx, ctx.q_valid)
         if ctx.write_at is not None:
             start = (0, ctx.write_at, 0, 0)

@@ -74,7 +74,7 @@ class Block(nnx.Module):
         h = self.mlp(self.mlp_norm(x))
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
-        return constrain(x + h, ("batch", None, "length", "embed")), kv
+        return constrain(x + h, ("batch", None, "length", "act_embed")), kv
 
 
 def _call_block(block: Block, x, ctx, inv_freq, kv):
@@ -127,7 +127,7 @@ class Decoder(nnx.Module):
         ``return_hidden="layers"`` returns every block's output ``[L, B, G, T, E]``
         (the residual stream before the final norm) instead of the final hidden states.
         """
-        x = self._embed(tokens, ctx.q_pos)
+        x = constrain(self._embed(tokens, ctx.q_pos), ("batch", None, "length", "act_embed"))
         inv_freq = rope_frequencies(self.cfg)
         call = _call_block_remat if self.cfg.remat else _call_block
         kept, states = [], []

@@ -18,16 +18,29 @@ positions   learned position table rows (GPT-2)
 lora        LoRA adapter rank
 ==========  ============================================================
 
-Activations use the same names plus "batch" and "length" through
-`constrain`, which is a no-op unless a mesh and logical rules are active.
-Parameters are created with ``eager_sharding=False``: placing them on devices
-is the sharding layer's job (``nnx.get_partition_spec`` under
-``nnx.logical_axis_rules``).
+Activations carry names of their own, so that one rule table can shard a
+weight's model dimension over ``fsdp`` while the activations that meet it keep
+their batch there (the names of a weight and of an activation never collide
+inside one array):
+
+==========  ============================================================
+batch       examples (split over the data-parallel axes: data x fsdp)
+length      tokens of a sequence
+act_embed   model width of the residual stream
+act_heads   query heads of attention activations (likewise act_kv_heads)
+act_mlp     MLP inner activations
+act_vocab   vocabulary of logits (the log-prob kernel shards it)
+==========  ============================================================
+
+`constrain` applies them; it is a no-op unless a mesh and logical rules are
+active (``jalign.sharding.activate``). Parameters are created with
+``eager_sharding=False``: placing them on devices is the sharding layer's job.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,18 +62,61 @@ def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], names: tuple[str, ...],
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
-def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    """Constrains activation ``x`` to logical axes ``names``; no-op without a mesh.
+# Tuples first, so `--set mesh.rules.batch=data,fsdp` parses to two axes.
+MeshAxes = tuple[str, ...] | str | None
 
-    Names map to mesh axes through the active ``nnx.logical_axis_rules``;
-    unknown names are replicated. Explicit meshes reshard, Auto ones constrain.
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh,
+                    rules: Mapping[str, MeshAxes]) -> jax.sharding.PartitionSpec:
+    """The PartitionSpec of an array whose dimensions carry logical ``names``.
+
+    A dimension that its mesh axes do not divide is replicated (e.g. 2 KV heads
+    on a tensor axis of 4), and no mesh axis is used twice in one array: the
+    first dimension that claims it wins.
+
+    Args:
+      names: one logical name (or None) per dimension.
+      shape: the array's shape, to check divisibility.
+      mesh: a ``Mesh`` or ``AbstractMesh`` (its axis sizes).
+      rules: logical name -> mesh axis, axes, or None.
+
+    Raises:
+      ValueError: a name missing from ``rules`` (listing the known names), or a
+        rank mismatch.
     """
-    rules = spmd.get_logical_axis_rules()
+    if len(names) != len(shape):
+        raise ValueError(f"logical names {tuple(names)} do not match {tuple(shape)=}")
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(names, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise ValueError(f"no sharding rule for logical axis {name!r}; known: {sorted(rules)}")
+        target = rules[name]
+        target = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+        axes = tuple(a for a in target if a in mesh.shape and a not in used)
+        product = math.prod(mesh.shape[a] for a in axes)
+        if not axes or product == 1 or size % product:
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return jax.sharding.PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Constrains activation ``x`` to logical axes ``names``; no-op without a mesh and rules.
+
+    Names map to mesh axes through the active ``nnx.logical_axis_rules`` by
+    `logical_to_spec`; names the table lacks are replicated.
+    """
+    rules = dict(spmd.get_logical_axis_rules())
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not rules:
         return x
-    table = dict(rules)
-    spec = jax.sharding.PartitionSpec(*(table.get(n) if n else None for n in names))
+    spec = logical_to_spec([n if n in rules else None for n in names], x.shape, mesh, rules)
     if mesh.are_all_axes_explicit:
         return jax.sharding.reshard(x, spec)
     return jax.lax.with_sharding_constraint(x, spec)
@@ -179,8 +235,8 @@ class MLP(nnx.Module):
         self.down_proj = Projection("M", "E", (m,), (e,), ("mlp", "embed"), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., T, E] -> [..., T, E]."""
-        h = self.up_proj(x)                                                # [..., T, M]
+        """x [B, G, T, E] -> [B, G, T, E]."""
+        h = constrain(self.up_proj(x), ("batch", None, "length", "act_mlp"))  # [B, G, T, M]
         if self.gate_proj is not None:
             h = activation(self.act, self.gate_proj(x)) * h
         else:

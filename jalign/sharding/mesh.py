@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Mapping
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
+
+from jalign.sharding.rules import DEFAULT_RULES, MeshAxes
 
 AXES = ("data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; one of them may be -1 to take the remaining devices."""
+    """Sizes of the mesh axes (one of them may be -1 to take the remaining devices) and the rule table.
+
+    ``rules`` overrides entries of `DEFAULT_RULES` (logical name -> mesh axis,
+    axes or None), e.g. ``{"embed": None}`` for pure data parallelism with
+    replicated weights on an fsdp axis.
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    rules: Mapping[str, MeshAxes] = dataclasses.field(default_factory=dict)
+
+    def rule_table(self) -> dict[str, MeshAxes]:
+        """`DEFAULT_RULES` with this mesh section's ``rules`` entries replacing theirs."""
+        return {**DEFAULT_RULES, **self.rules}
 
     def sizes(self, num_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]

@@ -41,7 +41,7 @@ def state_shardings(state: Any, mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFA
 
 
 def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any,
-                        mesh: Mesh) -> Any:
+                        mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> Any:
     """Shardings of ``tx.init(params)``: moment buffers follow their parameter.
 
     For an ``nnx.State`` of Variables the buffers are Variables carrying the
@@ -53,12 +53,13 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
       params: parameter pytree (arrays or ShapeDtypeStructs).
       param_shardings: the matching pytree of NamedShardings.
       mesh: the mesh, for replicated non-parameter leaves (step counts).
+      rules: the rule table.
     """
     abstract_state = jax.eval_shape(tx.init, params)
     replicated = NamedSharding(mesh, PartitionSpec())
     if any(_is_variable(x) for x in jax.tree.leaves(params, is_leaf=_is_variable)):
         # nnx states: the moment buffers are Variables that kept their logical names.
-        return state_shardings(abstract_state, mesh)
+        return state_shardings(abstract_state, mesh, rules)
     return optax.tree_map_params(
         tx, lambda _, sharding: sharding, abstract_state, param_shardings,
         transform_non_params=lambda _: replicated)

@@ -1,25 +1,34 @@
-"""Logical axis names -> mesh axes: one rule table, one place.
+"""Logical axis names -> mesh axes: one rule table for parameters and activations.
 
 Parameters and activations are annotated with logical names (see
-``jalign/models/layers.py``); the table below decides which mesh axis each
-lands on. A dimension that the chosen mesh axes do not divide is replicated
-instead (e.g. 2 KV heads on a tensor axis of 4), and no mesh axis is used twice
-in one array: the first dimension that claims it wins.
+``jalign/models/layers.py``); the table decides which mesh axis each lands on
+(`jalign.models.layers.logical_to_spec`). Parameter names and activation names
+are distinct, so the defaults give ZeRO-3 style FSDP: a weight's model
+dimension lives on ``fsdp`` while activations keep the batch on ``data x fsdp``
+and the model dimension whole, so XLA all-gathers each layer's weights when it
+needs them and every device computes only its share of the batch. Tensor
+parallelism splits heads, MLP width and vocabulary over ``tensor``. Axes of
+size 1 drop out, so the same table serves pure data parallelism, FSDP and
+FSDP + TP.
+
+An experiment overrides entries through its mesh section
+(``MeshConfig.rules``); the trainer activates the table around tracing with
+`activate`.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+from typing import Iterator, Mapping
 
-from jax.sharding import Mesh, PartitionSpec
+import jax
+from flax import nnx
+from jax.sharding import Mesh
 
-MeshAxes = str | tuple[str, ...] | None
+from jalign.models.layers import MeshAxes, logical_to_spec
 
-# The default table for a (data, fsdp, tensor) mesh: batch over data x fsdp,
-# weights' model dimension over fsdp (ZeRO-3 style), heads/MLP/vocab over tensor.
 DEFAULT_RULES: dict[str, MeshAxes] = {
-    "batch": ("data", "fsdp"),
-    "length": None,
+    # parameters
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",
@@ -30,46 +39,28 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "positions": None,
     "lora": None,
     "layers": None,
+    # activations
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
 }
 
 
-def _axes_tuple(axes: MeshAxes) -> tuple[str, ...]:
-    if axes is None:
-        return ()
-    return (axes,) if isinstance(axes, str) else tuple(axes)
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> Iterator[None]:
+    """Makes ``mesh`` and ``rules`` the ones that model code sees while tracing.
 
-
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Mapping[str, MeshAxes] = DEFAULT_RULES) -> PartitionSpec:
-    """The PartitionSpec of an array whose dimensions carry logical ``names``.
-
-    Args:
-      names: one logical name (or None) per dimension.
-      shape: the array's shape, to check divisibility.
-      mesh: the device mesh (its axis sizes).
-      rules: logical name -> mesh axis, axes, or None.
-
-    Raises:
-      ValueError: a name missing from ``rules`` (listing the known names), or a
-        rank mismatch.
+    Inside, ``jax.sharding.get_abstract_mesh()`` is ``mesh`` and flax's logical
+    rules are ``rules``, so `jalign.models.layers.constrain` shards activations
+    and the log-prob op picks its token and vocabulary axes. Usable inside a
+    jitted function (it sets the abstract mesh only).
     """
-    if len(names) != len(shape):
-        raise ValueError(f"logical names {tuple(names)} do not match {tuple(shape)=}")
-    used: set[str] = set()
-    spec = []
-    for name, size in zip(names, shape):
-        if name is None:
-            spec.append(None)
-            continue
-        if name not in rules:
-            raise ValueError(f"no sharding rule for logical axis {name!r}; known: {sorted(rules)}")
-        axes = tuple(a for a in _axes_tuple(rules[name]) if a in mesh.shape and a not in used)
-        product = 1
-        for axis in axes:
-            product *= mesh.shape[axis]
-        if not axes or product == 1 or size % product:
-            spec.append(None)
-            continue
-        used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else axes)
-    return PartitionSpec(*spec)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(list(rules.items())):
+        yield
+
+
+__all__ = ["DEFAULT_RULES", "MeshAxes", "activate", "logical_to_spec"]

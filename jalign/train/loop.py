@@ -160,7 +160,8 @@ def build(exp: Experiment) -> Run:
                                                    guide_graphdef=guide_graphdef)))
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
     sample = _device_batch(dataset[0], mesh)
-    jitted, sharding, frozen_sharding = jit_step(step, mesh, state, frozen, sample, exp.objective, tx)
+    jitted, sharding, frozen_sharding = jit_step(step, mesh, state, frozen, sample, exp.objective, tx,
+                                                 exp.mesh.rule_table())
     return Run(graphdef, rest, place(state, sharding), sharding, place(frozen, frozen_sharding), plan, jitted,
                eval_fn, eval_data, iterator, tokenizer, data.report.as_dict(), mesh)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from jalign.objectives import Objective, Scaled, Sum, make
@@ -105,6 +106,8 @@ def _set_field(obj: Any, path: list[str], text: str, where: str) -> Any:
         value = make(text) if len(path) == 1 else _set_objective(current, path[1:], text, where)
     elif dataclasses.is_dataclass(current) and not isinstance(current, type):
         value = _set_field(current, path[1:], text, where)
+    elif isinstance(current, Mapping) and len(path) == 2:  # a table such as mesh.rules.embed
+        value = {**current, path[1]: coerce(text, typing.get_args(types_[name])[1], where)}
     elif len(path) > 1:
         raise ValueError(f"{where}: {name!r} is a plain field with no sub-fields")
     else:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jalign.models import lora
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
-from jalign.sharding import optimizer_shardings, state_shardings
+from jalign.sharding import DEFAULT_RULES, activate, optimizer_shardings, state_shardings
 from jalign.train.provider import FROZEN, LORA_BASE, Plan, batch_logprobs
 
 
@@ -162,24 +162,33 @@ def batch_sharding(mesh: Mesh, batch: dict) -> Any:
 
 
 def jit_step(step: Callable, mesh: Mesh, state: TrainState, frozen: FrozenModels, batch, objective,
-             tx: optax.GradientTransformation):
+             tx: optax.GradientTransformation, rules=DEFAULT_RULES):
     """The step jitted with explicit in/out shardings; the state buffer is donated.
+
+    The step is traced under ``activate(mesh, rules)``: activations follow the
+    rule table (batch over the data-parallel axes), so each device computes
+    its share of the batch and parameters are gathered where they are used.
 
     Returns:
       ``(jitted_step, state_sharding, frozen_sharding)``; place the initial
       state and the frozen models with ``jax.device_put`` on them.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_sharding = state_shardings(state.params, mesh)
+    param_sharding = state_shardings(state.params, mesh, rules)
     state_sharding = TrainState(
         step=replicated, params=param_sharding,
-        opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh), rng=replicated)
+        opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh, rules), rng=replicated)
     frozen_sharding = FrozenModels(
-        reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh),
-        guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh))
+        reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh, rules),
+        guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh, rules))
     objective_sharding = jax.tree.map(lambda _: replicated, objective)
+
+    def step_under_rules(*args):
+        with activate(mesh, rules):
+            return step(*args)
+
     jitted = jax.jit(
-        step,
+        step_under_rules,
         in_shardings=(state_sharding, frozen_sharding, batch_sharding(mesh, batch), objective_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,))

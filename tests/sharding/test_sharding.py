@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jalign.sharding import MeshConfig, logical_to_spec
+from jalign.sharding import DEFAULT_RULES, MeshConfig, logical_to_spec
 
 
 class _FakeMesh:
@@ -32,12 +32,12 @@ def test_mesh_config_fills_the_free_axis_and_rejects_bad_sizes():
 def test_rules_map_names_replicate_indivisible_dims_and_never_reuse_an_axis():
     """Specs written out by hand from DEFAULT_RULES for a 2x2x2 mesh."""
     mesh = _FakeMesh()
-    assert logical_to_spec(("embed", "mlp"), (8, 16), mesh) == P("fsdp", "tensor")
-    assert logical_to_spec(("vocab", "embed"), (7, 8), mesh) == P(None, "fsdp")  # 7 % 2 != 0
-    assert logical_to_spec(("heads", "kv_heads"), (4, 4), mesh) == P("tensor", None)  # tensor taken
-    assert logical_to_spec(("batch", "length"), (8, 3), mesh) == P(("data", "fsdp"), None)
+    assert logical_to_spec(("embed", "mlp"), (8, 16), mesh, DEFAULT_RULES) == P("fsdp", "tensor")
+    assert logical_to_spec(("vocab", "embed"), (7, 8), mesh, DEFAULT_RULES) == P(None, "fsdp")  # 7 % 2 != 0
+    assert logical_to_spec(("heads", "kv_heads"), (4, 4), mesh, DEFAULT_RULES) == P("tensor", None)  # tensor taken
+    assert logical_to_spec(("batch", "length"), (8, 3), mesh, DEFAULT_RULES) == P(("data", "fsdp"), None)
     with pytest.raises(ValueError, match="no sharding rule for logical axis 'experts'"):
-        logical_to_spec(("experts",), (4,), mesh)
+        logical_to_spec(("experts",), (4,), mesh, DEFAULT_RULES)
 
 
 EIGHT_DEVICE_SCRIPT = textwrap.dedent("""

@@ -80,3 +80,17 @@ def test_sweep_strength_key_is_refused_where_no_single_strength_exists(objective
 
     with pytest.raises(ValueError, match=why):
         point_overrides(Config(objective=objective), {"beta": "0.1"})
+
+
+def test_rule_table_entries_are_set_one_logical_name_at_a_time():
+    """`mesh.rules.NAME=...` adds or replaces one entry of the mesh section's rule table."""
+    from jalign.sharding import DEFAULT_RULES, MeshConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class WithMesh:
+        mesh: MeshConfig = MeshConfig()
+
+    cfg = apply_overrides(WithMesh(), ["mesh.rules.embed=none", "mesh.rules.batch=data,fsdp,tensor"])
+    table = cfg.mesh.rule_table()
+    assert table["embed"] is None and table["batch"] == ("data", "fsdp", "tensor")
+    assert table["mlp"] == DEFAULT_RULES["mlp"]
