@@ -6,10 +6,16 @@ backward, AdamW) twice: with ``logprob_impl`` set to the fused kernel
 which materialises [tokens, vocab] logits as every peer does. Peak memory is
 XLA's compiled estimate (temporaries + arguments + outputs, from
 ``memory_analysis()``); throughput counts response tokens of chosen and
-rejected per second, median of the timed steps.
+rejected per second, median of the timed steps. Model FLOPs utilisation is
+``8 P t / step time / device peak``: ``6 P t`` for the policy's forward and
+backward and ``2 P t`` for the reference forward, ``P`` the parameters tokens
+pass through (output projection in, embedding lookup out), ``t`` all tokens
+of the step (each prompt once: chosen and rejected share it); attention FLOPs
+are not counted. It is printed where the device's dense bf16 peak is known.
 
     python benchmarks/train_step.py                 # CPU defaults, ~2 minutes
     python benchmarks/train_step.py --vocab 128256 --hidden 512 --layers 4 --batch 8
+    python benchmarks/train_step.py --preset llama-1b --batch 8 --prompt 512 --response 512 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -41,11 +47,37 @@ def _batch(args) -> dict:
                 labels={"example_weight": np.ones(b, np.float32)})
 
 
+# Dense bf16 peak FLOP/s by device kind (vendor data sheets; H100/H200 SXM without sparsity).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+             "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+PRESETS = {"llama-1b": dict(vocab=128256, hidden=2048, layers=16, heads=32, kv_heads=8, head_dim=64, mlp=8192,
+                            tied=True)}
+
+
+def model_config(args) -> ModelConfig:
+    heads = args.heads or args.hidden // args.head_dim
+    return ModelConfig("llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
+                       num_heads=heads, num_kv_heads=args.kv_heads or max(heads // 2, 1), head_dim=args.head_dim,
+                       mlp_dim=args.mlp or args.hidden * 4, tie_embeddings=args.tied, dtype=args.dtype,
+                       param_dtype=args.param_dtype or args.dtype, remat=args.remat)
+
+
+def model_flops(cfg: ModelConfig, args) -> float:
+    """8 P t: policy forward+backward and reference forward (module docstring)."""
+    per_layer = (cfg.hidden_size * cfg.head_dim * (cfg.num_heads + 2 * cfg.num_kv_heads)
+                 + cfg.num_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.mlp_dim)
+    params = cfg.num_layers * per_layer + cfg.hidden_size * cfg.vocab_size
+    return 8 * params * args.batch * (args.prompt + 2 * args.response)
+
+
+def device_peak() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
+
+
 def measure(args, impl: str) -> dict:
-    """Peak bytes, seconds per step and tokens/s of the step with ``impl``."""
-    cfg = ModelConfig("llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
-                      num_heads=args.hidden // 64, num_kv_heads=max(args.hidden // 128, 1), head_dim=64,
-                      mlp_dim=args.hidden * 4, dtype=args.dtype, param_dtype=args.dtype)
+    """Peak bytes, seconds per step, tokens/s and model FLOPs utilisation of the step with ``impl``."""
+    cfg = model_config(args)
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
     tx = optax.adamw(1e-4)
@@ -65,15 +97,27 @@ def measure(args, impl: str) -> dict:
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[args.warmup:])
     tokens = args.batch * 2 * args.response
+    peak_flops = device_peak()
+    mfu = None if peak_flops is None else model_flops(cfg, args) / seconds / peak_flops
     return {"impl": impl, "peak_gib": peak / 2**30, "temp_gib": memory.temp_size_in_bytes / 2**30,
-            "step_s": seconds, "tokens_per_s": tokens / seconds}
+            "step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": mfu,
+            "all_tokens_per_s": args.batch * (args.prompt + 2 * args.response) / seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a model shape (overrides the shape flags)")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=0, help="default hidden / head_dim")
+    parser.add_argument("--kv-heads", type=int, default=0, help="default heads / 2")
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--mlp", type=int, default=0, help="default 4 x hidden")
+    parser.add_argument("--tied", action="store_true", help="tie the output projection to the embedding")
+    parser.add_argument("--param-dtype", default=None, help="parameter dtype (default: --dtype)")
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--skip-naive", action="store_true", help="measure the fused step only")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--response", type=int, default=192)
@@ -82,13 +126,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fused", default="auto", help="fused implementation to compare ('auto' per backend)")
     args = parser.parse_args()
-    print(f"backend={jax.default_backend()} vocab={args.vocab} hidden={args.hidden} layers={args.layers} "
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
+    print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} vocab={args.vocab} "
+          f"hidden={args.hidden} layers={args.layers} "
           f"batch={args.batch}x2 prompt={args.prompt} response={args.response} dtype={args.dtype}")
-    naive = measure(args, "naive")
     fused = measure(args, args.fused)
+    naive = None if args.skip_naive else measure(args, "naive")
     for row in (naive, fused):
+        if row is None:
+            continue
+        mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
         print(f"  {row['impl']:>8}: peak {row['peak_gib']:.3f} GiB (temp {row['temp_gib']:.3f}), "
-              f"{row['step_s'] * 1e3:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s")
+              f"{row['step_s'] * 1e3:.1f} ms/step, {row['tokens_per_s']:.0f} response tokens/s, "
+              f"{row['all_tokens_per_s']:.0f} tokens/s{mfu}", flush=True)
+    if naive is None:
+        return
     print(f"peak memory naive/fused: {naive['peak_gib'] / fused['peak_gib']:.2f}x   "
           f"temporaries naive/fused: {naive['temp_gib'] / fused['temp_gib']:.2f}x   "
           f"throughput fused/naive: {fused['tokens_per_s'] / naive['tokens_per_s']:.2f}x")
