@@ -109,6 +109,11 @@ class ModelSection:
         log-ratio against the reference).
       score_dim: the preference-embedding dimension of a general preference
         model's head (``gpm``; even). Reward and pairwise heads have one output.
+      dtype: compute dtype of activations ("bfloat16" for mixed precision);
+        None keeps the architecture's (``arch.dtype``, float32 for HF loads).
+      param_dtype: storage dtype of the parameters; None keeps the
+        architecture's or the checkpoint's. fp32 parameters with bf16 compute
+        is classic mixed precision; bf16 parameters keep fp32 optimizer moments.
     """
 
     hf_dir: str | None = None
@@ -120,6 +125,12 @@ class ModelSection:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     guide: str | None = None
     score_dim: int = 2
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+    def precision(self) -> dict[str, str]:
+        """The `ModelConfig` fields this section sets (the dtypes that are not None)."""
+        return {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype)) if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)

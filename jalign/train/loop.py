@@ -77,9 +77,9 @@ class Run:
 
 def _load_decoder(section, hf_dir: str | None, seed: int) -> nnx.Module:
     if hf_dir is not None:
-        return load_hf(hf_dir)
+        return load_hf(hf_dir, **section.precision())
     if section.arch is not None:
-        return Decoder(section.arch, rngs=nnx.Rngs(seed))
+        return Decoder(section.arch.replace(**section.precision()), rngs=nnx.Rngs(seed))
     raise ValueError("set model.hf_dir (a local checkpoint) or model.arch (random initialisation)")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -53,8 +55,28 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_updates: int) -> optax.Sc
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
+def fp32_state(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with its state (moments, accumulated gradients) in fp32 whatever the parameters' dtype.
+
+    bf16 parameters keep fp32 Adam moments: gradients and parameters are cast
+    to fp32 before ``tx`` sees them, and the updates back to each parameter's
+    dtype. For fp32 parameters it changes nothing.
+    """
+    def up(tree):
+        return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+
+    def init(params):
+        return tx.init(up(params))
+
+    def update(updates, state, params=None):
+        new, state = tx.update(up(updates), state, None if params is None else up(params))
+        return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: OptimizerConfig, total_updates: int) -> optax.GradientTransformation:
-    """The full transformation: clip, optimizer with schedule, accumulation."""
+    """The full transformation: clip, optimizer with schedule, accumulation; its state is fp32 (`fp32_state`)."""
     lr = learning_rate_schedule(cfg, total_updates)
     if cfg.name == "adamw":
         core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
@@ -68,4 +90,4 @@ def make_optimizer(cfg: OptimizerConfig, total_updates: int) -> optax.GradientTr
     tx = optax.chain(*chain, core)
     if cfg.accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulation_steps)
-    return tx
+    return fp32_state(tx)
