@@ -127,7 +127,8 @@ def _sweep(args) -> int:
         print("\n".join(sweep.launch_commands(args.file, grid, config, out_dir, args.set)))
         return 0
     rows = sweep.run_sweep(config, grid, out_dir, lambda cfg: _run_experiment(module, cfg))
-    print(f"{len(rows)} points; wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
+    plots = ", ".join(p.name for p in sorted(out_dir.glob("*.png")))
+    print(f"{len(rows)} points; wrote {out_dir / 'sweep.csv'} and {plots} in {out_dir}")
     return 0
 
 

@@ -44,7 +44,7 @@ from jalign.objectives.weighted import (
     DPOP as dpop, IREPO as irepo, LDDPO as ld_dpo, MADPO as madpo, MODPO as modpo, SoftDPO as soft_dpo,
     WPO as wpo,
 )
-from jalign.objectives.registry import make, objective, registered
+from jalign.objectives.registry import make, objective, parse, registered
 
 OBJECTIVES = (
     "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
@@ -58,5 +58,5 @@ OBJECTIVES = (
 
 __all__ = [
     "LogProbs", "MarginObjective", "OBJECTIVES", "Objective", "Requirements", "Sampling", "Scaled", "Sum",
-    "batch_mean", "from_sequences", "make", "objective", "registered", "static_field", *OBJECTIVES,
+    "batch_mean", "from_sequences", "make", "objective", "parse", "registered", "static_field", *OBJECTIVES,
 ]

@@ -4,11 +4,13 @@
 class into a frozen pytree dataclass, attaches its declarations and records it
 under its name; ``make("dpo", beta=0.1)`` builds one from configuration and
 rejects unknown names or hyperparameters with an error that lists the valid
-ones.
+ones. ``parse("dpo(beta=0.05) + 0.2 * sft")`` builds a composed objective from
+the same text a user would write in Python (the command line and sweeps use it).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from typing import Any
 
@@ -91,3 +93,52 @@ def make(name: str, **hyperparameters: Any) -> Objective:
     if unknown:
         raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; valid: {valid}")
     return cls(**hyperparameters)
+
+
+def parse(expression: str) -> Objective:
+    """An objective from text: registered names, keyword hyperparameters, ``+`` and scalar ``*``.
+
+    ``"dpo"``, ``"ipo(tau=0.05)"``, ``"dpo + 0.2*sft"``, ``"0.5*kto(beta=0.1) + sft"``.
+    Only that grammar is accepted (the text is parsed, never evaluated).
+
+    Raises:
+      ValueError: naming the part of ``expression`` that is not understood, or
+        an unknown objective or hyperparameter (from `make`).
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval").body
+    except SyntaxError as error:
+        raise ValueError(f"cannot parse objective {expression!r}: {error.msg}") from None
+    return _build(tree, expression)
+
+
+def _number(node: ast.AST) -> float | None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _number(node.operand)
+        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    return None
+
+
+def _build(node: ast.AST, text: str) -> Objective:
+    if isinstance(node, ast.Name):
+        return make(node.id)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+        values = {}
+        for keyword in node.keywords:
+            value = _number(keyword.value)
+            if value is None and isinstance(keyword.value, ast.Constant):
+                value = keyword.value.value
+            if keyword.arg is None or value is None:
+                raise ValueError(f"in {text!r}: {node.func.id}(...) takes name=number arguments only")
+            values[keyword.arg] = value
+        return make(node.func.id, **values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _build(node.left, text) + _build(node.right, text)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        for weight, term in ((node.left, node.right), (node.right, node.left)):
+            if _number(weight) is not None:
+                return _number(weight) * _build(term, text)
+    raise ValueError(f"cannot parse objective {text!r} at {ast.unparse(node)!r}: write names, name(key=value), "
+                     "'+' and number * objective")

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from jalign.objectives import Objective, Scaled, Sum, make
+from jalign.objectives import Objective, Scaled, Sum, parse
 
 
 def parse_assignment(text: str) -> tuple[list[str], str]:
@@ -103,7 +103,7 @@ def _set_field(obj: Any, path: list[str], text: str, where: str) -> Any:
         raise ValueError(f"{where}: {type(obj).__name__} has no field {name!r}; valid fields: {list(types_)}")
     current = getattr(obj, name)
     if isinstance(current, Objective):
-        value = make(text) if len(path) == 1 else _set_objective(current, path[1:], text, where)
+        value = parse(text) if len(path) == 1 else _set_objective(current, path[1:], text, where)
     elif dataclasses.is_dataclass(current) and not isinstance(current, type):
         value = _set_field(current, path[1:], text, where)
     elif isinstance(current, Mapping) and len(path) == 2:  # a table such as mesh.rules.embed

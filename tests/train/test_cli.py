@@ -1,6 +1,7 @@
 """`jalign train` and `jalign sweep` on an experiment file, through the console script."""
 
 import csv
+import json
 import pathlib
 import subprocess
 import sys
@@ -32,16 +33,33 @@ def test_train_rejects_a_typo_listing_valid_fields(tmp_path):
 
 
 def test_sweep_runs_every_point_and_gathers_one_table(tmp_path):
-    """objective=dpo,ipo x beta: `beta` reaches IPO as its tau (the KL strength)."""
-    out = _jalign("sweep", EXPERIMENT, "--grid", "objective=dpo,ipo", "beta=0.1,0.5", "--set", "train.steps=1",
-                  "--set", "train.log_every=1", "--out", str(tmp_path / "sweep"), cwd=tmp_path)
+    """objective=dpo,ipo,dpo+0.2*sft x beta: `beta` reaches IPO as its tau and the composed
+    objective's DPO term as its beta; the table holds held-out metrics, and the plots are written."""
+    out = _jalign("sweep", EXPERIMENT, "--grid", "objective=dpo,ipo,dpo+0.2*sft", "beta=0.1,0.5",
+                  "--set", "train.steps=2", "--set", "train.log_every=1", "--set", "train.eval_every=1",
+                  "--out", str(tmp_path / "sweep"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     with (tmp_path / "sweep" / "sweep.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["objective"], r["beta"]) for r in rows] == [("dpo", "0.1"), ("dpo", "0.5"), ("ipo", "0.1"),
-                                                          ("ipo", "0.5")]
+    assert [(r["objective"], r["beta"]) for r in rows] == [
+        ("dpo", "0.1"), ("dpo", "0.5"), ("ipo", "0.1"), ("ipo", "0.5"), ("dpo+0.2*sft", "0.1"), ("dpo+0.2*sft", "0.5")]
     assert all(float(r["loss"]) > 0 for r in rows)
-    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5000
+    assert all(0 <= float(r["eval/rewards/accuracy"] or r["eval/dpo/rewards/accuracy"]) <= 1 for r in rows)
+    composed = json.loads((tmp_path / "sweep" / "objective-dpo_plus_0.2xsft_beta-0.5" / "config.json").read_text())
+    assert (composed["objective.dpo.beta"], composed["objective.sft.weight"]) == (0.5, 0.2), composed
+    for plot in ("curves.png", "strength.png"):
+        assert (tmp_path / "sweep" / plot).stat().st_size > 5000
+
+
+def test_a_point_that_cannot_take_its_values_fails_before_anything_runs(tmp_path):
+    """dpo+ipo has two strengths, so `beta` is ambiguous: one error, no point run, no command printed."""
+    for extra in ((), ("--print-commands",)):
+        out = _jalign("sweep", EXPERIMENT, "--grid", "objective=dpo,dpo+ipo", "beta=0.1", *extra,
+                      "--out", str(tmp_path / "sweep"), cwd=tmp_path)
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert "sweep point objective-dpo_plus_ipo_beta-0.1" in out.stderr and "no single" in out.stderr
+        assert out.stdout.strip() == ""
+        assert not (tmp_path / "sweep").exists()
 
 
 def test_sweep_prints_one_command_per_point_for_pod_slices(tmp_path):
