@@ -17,9 +17,10 @@ shared by chosen and rejected); attention adds ``12 L T^2 d`` per sequence
 for the policy and ``4 L T^2 d`` for the reference (``T`` prompt + response,
 causal halves).
 
-The baseline printed beside each configuration is the same step at 1 pair per
-device on the smallest mesh of the table, so the ratios say how per-device
-memory follows the per-device batch.
+After the table come the issue's ratios, each against a baseline measured in
+the same run: per-device temporaries at 1 pair per device as fsdp grows
+8 -> 16 -> 64 (against fsdp=8), temporaries at 16 vs 8 pairs on fsdp=8, and the
+compile time of 32 layers against 4.
 
     python benchmarks/scale.py                        # every configuration (~15 min on 2 cores)
     python benchmarks/scale.py --only 1b-fsdp8-8pairs --only 8b-fsdp64-64pairs

@@ -29,6 +29,17 @@ class MeshConfig:
     tensor: int = 1
     rules: Mapping[str, MeshAxes] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        for name in ("data", "fsdp", "tensor"):
+            size = getattr(self, name)
+            if not isinstance(size, int) or isinstance(size, bool) or not (size == -1 or size >= 1):
+                raise ValueError(f"mesh.{name} must be a positive device count or -1 (the rest); got {size!r}")
+        for name, axes in self.rules.items():
+            named = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            unknown = [a for a in named if a not in AXES]
+            if unknown:
+                raise ValueError(f"mesh.rules.{name}: unknown mesh axes {unknown}; the mesh has {list(AXES)}")
+
     def rule_table(self) -> dict[str, MeshAxes]:
         """`DEFAULT_RULES` with this mesh section's ``rules`` entries replacing theirs."""
         return {**DEFAULT_RULES, **self.rules}

@@ -79,3 +79,11 @@ def test_parameter_and_optimizer_shardings_on_eight_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_SCRIPT], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]
+
+
+def test_mesh_section_refuses_unknown_axes_and_bad_sizes_by_field():
+    with pytest.raises(ValueError, match=r"mesh.rules.embed: unknown mesh axes \['fdsp'\]"):
+        MeshConfig(rules={"embed": "fdsp"})
+    with pytest.raises(ValueError, match="mesh.fsdp must be a positive device count or -1"):
+        MeshConfig(fsdp=0)
+    assert MeshConfig(rules={"batch": ("data", "fsdp"), "embed": None}).rule_table()["embed"] is None
