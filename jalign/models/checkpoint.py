@@ -4,8 +4,19 @@ One table per family maps Hugging Face tensor names to module paths with a
 transform each way. `load_hf` builds the model abstractly with
 ``nnx.eval_shape`` (no memory for random weights), reads each tensor from the
 safetensors shards of a local directory, transforms it, checks its shape and
-fills the parameter. `save_hf` inverts the table and writes safetensors plus a
-config.json that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+fills the parameter, given a mesh directly in its sharding. `save_hf` inverts
+the table and writes safetensors (sharded with an index above a size
+threshold) plus a config.json that
+``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+
+Memory: both directions hold at most one jalign parameter in host memory at a
+time (a stacked ``[L, ...]`` layer parameter counts as one), plus, when
+saving, the tensors of the shard being written. A loaded parameter goes from
+the host straight to its sharding, each device receiving only its shard.
+
+Layer parameters may be per layer (``layers.{i}.<rest>``) or stacked
+(``layers.<rest>`` with a leading layer axis); the table names per-layer
+paths, and ``layers.{i}.<rest>`` of a stacked model means slice ``i``.
 
 Reward models: a ``*ForSequenceClassification`` checkpoint (every family here)
 holds the same decoder, no ``lm_head``, and ``score.weight`` [N, E]. It loads
@@ -24,21 +35,32 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 from safetensors import safe_open
-from safetensors.flax import save_file
+from safetensors.numpy import save_file
 
 from jalign.models.config import ModelConfig, config_from_hf, config_to_hf, num_labels, read_hf_config
 from jalign.models.decoder import Decoder
+from jalign.models.layers import MeshAxes, logical_to_spec
 from jalign.models.preference_heads import add_score_head
 
 # config.json key recording a score head's kind (a "pairwise" head is [E, 1] like a "reward" one).
 SCORE_KIND_KEY = "jalign_score_kind"
+
+# transformers' names for a sharded checkpoint: its index and the shard files.
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+# transformers' default ``max_shard_size`` ("5GB").
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 # Buffers some exporters write that carry no parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
@@ -172,27 +194,34 @@ def _path(dotted: str) -> tuple:
 
 
 def _shard_index(directory: str) -> dict[str, str]:
-    """HF tensor name -> safetensors file, over every shard in ``directory``."""
+    """HF tensor name -> safetensors file: from ``model.safetensors.index.json`` when present,
+    else by listing every ``*.safetensors`` file's keys (a single-file checkpoint)."""
+    index_file = os.path.join(directory, INDEX_NAME)
+    if os.path.exists(index_file):
+        with open(index_file) as f:
+            weight_map = json.load(f)["weight_map"]
+        return {key: os.path.join(directory, file) for key, file in weight_map.items()}
     files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {directory}")
     index = {}
     for file in files:
-        with safe_open(file, framework="flax") as f:
+        with safe_open(file, framework="numpy") as f:
             index.update({key: file for key in f.keys()})
     return index
 
 
-def _read(index: dict[str, str], key: str) -> jax.Array:
+def _read(index: dict[str, str], key: str) -> np.ndarray:
+    """One tensor into host memory (the file is memory-mapped; nothing else is read)."""
     if key not in index:
         raise KeyError(f"checkpoint has no tensor {key!r} (files: {sorted(set(index.values()))})")
-    with safe_open(index[key], framework="flax") as f:
+    with safe_open(index[key], framework="numpy") as f:
         return f.get_tensor(key)
 
 
 def _load_entry(cfg: ModelConfig, entry: Entry, index: dict[str, str],
-                shapes: list[tuple[int, ...]]) -> tuple[jax.Array, ...]:
-    """Reads an entry's HF tensors, checks their shapes, returns transformed values."""
+                shapes: list[tuple[int, ...]]) -> tuple[np.ndarray, ...]:
+    """Reads an entry's HF tensors, checks their shapes, returns transformed host values."""
     specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
     expected = jax.eval_shape(lambda *xs: entry.save(cfg, *xs), *specs)
     raw = [_read(index, k) for k in entry.hf]
@@ -200,7 +229,31 @@ def _load_entry(cfg: ModelConfig, entry: Entry, index: dict[str, str],
         if x.shape != want.shape:
             raise ValueError(f"{index[key]}: tensor {key!r} has shape {x.shape}, "
                              f"expected {want.shape} for {entry.paths}")
-    return entry.load(cfg, *raw)
+    return tuple(np.asarray(x) for x in entry.load(cfg, *raw))
+
+
+def _locate(params: Mapping[tuple, object], dotted: str) -> tuple[tuple, int | None]:
+    """Where the table's path ``dotted`` lives: ``(param path, layer)``; layer is None unless the
+    layers are stacked, where ``layers.{i}.<rest>`` is slice ``i`` of ``layers.<rest>``."""
+    path = _path(dotted)
+    if path in params or path[0] != "layers":
+        return path, None
+    return ("layers",) + path[2:], path[1]
+
+
+def _sharding(var: nnx.Variable, mesh, rules: Mapping[str, MeshAxes]) -> NamedSharding:
+    """The parameter's sharding from its logical names (replicated without names)."""
+    names = var.get_metadata().get("out_sharding")
+    spec = (jax.sharding.PartitionSpec() if names is None
+            else logical_to_spec(tuple(names), var.shape, mesh, rules))
+    return NamedSharding(mesh, spec)
+
+
+def _place(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    """A host array onto ``sharding``, each device (of any process) taking only its own slice."""
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _score_kind(hf: dict, labels: int, kind: str | None) -> str:
@@ -221,8 +274,16 @@ def _abstract_model(cfg: ModelConfig, head: tuple[str, int] | None) -> Decoder:
     return nnx.eval_shape(build)
 
 
-def load_hf(directory: str, *, score_kind: str | None = None, **overrides) -> Decoder:
+def load_hf(directory: str, *, score_kind: str | None = None, mesh: jax.sharding.Mesh | None = None,
+            rules: Mapping[str, MeshAxes] | None = None, **overrides) -> Decoder:
     """Loads a HF checkpoint directory (config.json + safetensors) into a `Decoder`.
+
+    Reads one safetensors file or the shards ``model.safetensors.index.json``
+    names, one jalign parameter at a time. With ``mesh`` (and ``rules``, the
+    logical-axis table) every parameter goes straight to its sharding, each
+    device receiving only its shard, so the model is never whole on one device
+    or, beyond its largest parameter, in host memory; without, parameters land
+    on the default device.
 
     A ``*ForSequenceClassification`` checkpoint with ``N`` labels also fills
     ``model.score_head``, a `ScoreHead` of kind ``score_kind`` (default: the
@@ -231,6 +292,8 @@ def load_hf(directory: str, *, score_kind: str | None = None, **overrides) -> De
     Raises ValueError naming the file and tensor on any shape mismatch, and on
     tensors the table does not know.
     """
+    if mesh is not None and rules is None:
+        raise ValueError("load_hf: pass the logical-axis rules with the mesh")
     hf = read_hf_config(directory)
     cfg = config_from_hf(hf, **overrides)
     labels = num_labels(hf)
@@ -238,13 +301,24 @@ def load_hf(directory: str, *, score_kind: str | None = None, **overrides) -> De
     graphdef, state = nnx.split(_abstract_model(cfg, head))
     targets = dict(nnx.to_flat_state(state))
     index = _shard_index(directory)
-    filled = {}
     table = weight_table(cfg, score=head is not None)
+    sources: dict[tuple, list] = {}          # parameter path -> [(layer or None, entry, output position)]
     for entry in table:
-        abstract_vars = [targets[_path(p)] for p in entry.paths]
-        values = _load_entry(cfg, entry, index, [v.shape for v in abstract_vars])
-        for path, var, value in zip(entry.paths, abstract_vars, values):
-            filled[_path(path)] = var.replace(jnp.asarray(value, var.dtype))
+        for position, dotted in enumerate(entry.paths):
+            path, layer = _locate(targets, dotted)
+            if path not in targets:
+                raise ValueError(f"{directory}: the {cfg.model_type} table names {dotted!r}, not in the model")
+            sources.setdefault(path, []).append((layer, entry, position))
+    filled = {}
+    for path, parts in sources.items():
+        var = targets[path]
+        host = np.empty(var.shape, var.dtype)
+        for layer, entry, position in parts:
+            shapes = [_entry_shape(targets, p) for p in entry.paths]
+            value = _load_entry(cfg, entry, index, shapes)[position]
+            host[() if layer is None else layer] = value
+        filled[path] = var.replace(_place(host, None if mesh is None else _sharding(var, mesh, rules)))
+        del host
     used = {k for entry in table for k in entry.hf}
     unknown = [k for k in index if k not in used and not k.endswith(_IGNORED_SUFFIXES)
                and not (cfg.tie_embeddings and k == "lm_head.weight")]
@@ -254,6 +328,13 @@ def load_hf(directory: str, *, score_kind: str | None = None, **overrides) -> De
     if missing:
         raise ValueError(f"{directory}: parameters not filled by the checkpoint: {missing}")
     return nnx.merge(graphdef, nnx.from_flat_state(list(filled.items())))
+
+
+def _entry_shape(params: Mapping[tuple, object], dotted: str) -> tuple[int, ...]:
+    """The shape of the table path ``dotted`` (one layer's slice of a stacked parameter)."""
+    path, layer = _locate(params, dotted)
+    shape = tuple(params[path].shape)
+    return shape if layer is None else shape[1:]
 
 
 def _hf_config(model: Decoder, pad_token_id: int | None) -> dict:
@@ -270,8 +351,43 @@ def _hf_config(model: Decoder, pad_token_id: int | None) -> dict:
     return hf
 
 
-def save_hf(model: Decoder, directory: str, *, pad_token_id: int | None = None) -> None:
-    """Writes ``model`` as a HF checkpoint: model.safetensors + config.json.
+def _gather(params: Mapping[tuple, nnx.Variable], dotted: str) -> np.ndarray:
+    """One table path's value on the host, gathered from its shards (across processes too)."""
+    path, layer = _locate(params, dotted)
+    value = params[path][...]
+    value = value if layer is None else value[layer]
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
+
+
+def _plan_shards(cfg: ModelConfig, table: list[Entry], params, max_bytes: int) -> list[list[Entry]]:
+    """Table entries grouped into files of at most ``max_bytes`` each (an entry stays whole,
+    and one larger than the limit gets a file of its own), from shapes alone."""
+    itemsize = np.dtype(cfg.param_dtype).itemsize
+    shards, size = [[]], 0
+    for entry in table:
+        inputs = [jax.ShapeDtypeStruct(_entry_shape(params, p), cfg.param_dtype) for p in entry.paths]
+        outputs = jax.eval_shape(lambda *xs: entry.save(cfg, *xs), *inputs)
+        nbytes = sum(math.prod(o.shape) * itemsize for o in outputs)
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def save_hf(model: Decoder, directory: str, *, pad_token_id: int | None = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Writes ``model`` as a HF checkpoint: safetensors + config.json.
+
+    Up to ``max_shard_bytes`` of tensors go to ``model.safetensors``; a larger
+    model is split as transformers splits it, into
+    ``model-0000k-of-0000n.safetensors`` files of at most that size plus
+    ``model.safetensors.index.json``. Parameters are gathered from their
+    shards one at a time, so the host holds at most one file's tensors; with
+    several processes every one must call this and process 0 writes.
 
     A model with a ``score_head`` is written as ``*ForSequenceClassification``:
     ``score.weight`` [N, E], no ``lm_head`` (untied LM heads are dropped), and
@@ -283,12 +399,34 @@ def save_hf(model: Decoder, directory: str, *, pad_token_id: int | None = None) 
         raise ValueError("model has LoRA adapters; merge them first (jalign.models.lora.merge)")
     hf = _hf_config(model, pad_token_id)
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    tensors = {}
-    for entry in weight_table(cfg, score=getattr(model, "score_head", None) is not None):
-        values = entry.save(cfg, *(params[_path(p)][...] for p in entry.paths))
-        for key, value in zip(entry.hf, values):
-            tensors[key] = jnp.asarray(value, cfg.param_dtype)
-    os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    table = weight_table(cfg, score=getattr(model, "score_head", None) is not None)
+    shards = _plan_shards(cfg, table, params, max_shard_bytes)
+    names = ([SINGLE_NAME] if len(shards) == 1 else
+             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+    write = jax.process_index() == 0
+    if write:
+        os.makedirs(directory, exist_ok=True)
+        # A previous export's files would shadow or contradict this one's.
+        shard_files = glob.glob(os.path.join(directory, "model-*-of-*.safetensors"))
+        for stale in [os.path.join(directory, SINGLE_NAME), os.path.join(directory, INDEX_NAME), *shard_files]:
+            if os.path.exists(stale):
+                os.remove(stale)
+    weight_map, total = {}, 0
+    for name, entries in zip(names, shards):
+        tensors = {}
+        for entry in entries:
+            values = entry.save(cfg, *(_gather(params, p) for p in entry.paths))
+            for key, value in zip(entry.hf, values):
+                tensors[key] = np.ascontiguousarray(np.asarray(value), dtype=cfg.param_dtype)
+                weight_map[key] = name
+                total += tensors[key].nbytes
+        if write:
+            save_file(tensors, os.path.join(directory, name), metadata={"format": "pt"})
+        del tensors
+    if not write:
+        return
+    if len(shards) > 1:
+        with open(os.path.join(directory, INDEX_NAME), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
