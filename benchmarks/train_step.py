@@ -79,11 +79,11 @@ def measure(args, impl: str) -> dict:
     """Peak bytes, seconds per step, tokens/s and model FLOPs utilisation of the step with ``impl``."""
     cfg = model_config(args)
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
+    reference = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
     tx = optax.adamw(1e-4)
     batch, objective = _batch(args), dpo(beta=0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl=impl)
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl=impl)
     jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig(), jax.devices()[:1]), state, reference, batch,
                                 objective, tx)
     memory = jitted.lower(state, reference, batch, objective).compile().memory_analysis()

@@ -87,20 +87,27 @@ def nonfinite_reason(metrics: dict) -> str:
 class FrozenModels:
     """Parameters the step reads but never trains, passed as (sharded) step arguments.
 
+    Arguments rather than values the step closes over, so the compiled program
+    holds no weights as constants and each device holds only its shard.
+
     Attributes:
+      rest: the policy's state outside the trainable filter (``nnx.split``'s
+        last part): the base weights and adapter scales of a LoRA policy,
+        next to nothing for full fine-tuning.
       reference: the frozen reference copy's trainable-parameter state (merged
-        with the policy's graphdef), for a ``"frozen"`` plan; else None.
+        with the policy's graphdef and ``rest``), for a ``"frozen"`` plan; else None.
       guide: the guide model's ``nnx.State`` (TGDPO's token rewards), or None.
     """
 
+    rest: Any
     reference: Any = None
     guide: Any = None
 
 
-jax.tree_util.register_dataclass(FrozenModels, data_fields=["reference", "guide"], meta_fields=[])
+jax.tree_util.register_dataclass(FrozenModels, data_fields=["rest", "reference", "guide"], meta_fields=[])
 
 
-def make_logprobs(graphdef: nnx.GraphDef, rest: Any, plan: Plan, *, impl: str = "auto",
+def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
                   guide_graphdef: nnx.GraphDef | None = None) -> Callable:
     """``logprobs(params, frozen, batch) -> LogProbs`` as the plan says, for the train and eval steps.
 
@@ -113,21 +120,21 @@ def make_logprobs(graphdef: nnx.GraphDef, rest: Any, plan: Plan, *, impl: str = 
         if plan.reference == LORA_BASE:
             return lora.reference_view(policy)
         if plan.reference == FROZEN:
-            return nnx.merge(graphdef, frozen.reference, rest)
+            return nnx.merge(graphdef, frozen.reference, frozen.rest)
         return None
 
     def logprobs(params, frozen: FrozenModels, batch) -> LogProbs:
-        policy = nnx.merge(graphdef, params, rest)
+        policy = nnx.merge(graphdef, params, frozen.rest)
         guide = None if frozen.guide is None else nnx.merge(guide_graphdef, frozen.guide)
         return batch_logprobs(plan, policy, reference_model(policy, frozen), batch, impl=impl, guide=guide)
 
     return logprobs
 
 
-def make_step(graphdef: nnx.GraphDef, rest: Any, tx: optax.GradientTransformation, plan: Plan, *,
+def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Plan, *,
               impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
     """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted (see :func:`make_logprobs`)."""
-    logprobs = make_logprobs(graphdef, rest, plan, impl=impl, guide_graphdef=guide_graphdef)
+    logprobs = make_logprobs(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
 
     def loss_fn(params, frozen: FrozenModels, batch, objective: Objective):
         lp = logprobs(params, frozen, batch)
@@ -179,6 +186,7 @@ def jit_step(step: Callable, mesh: Mesh, state: TrainState, frozen: FrozenModels
         step=replicated, params=param_sharding,
         opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh, rules), rng=replicated)
     frozen_sharding = FrozenModels(
+        rest=state_shardings(frozen.rest, mesh, rules),
         reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh, rules),
         guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh, rules))
     objective_sharding = jax.tree.map(lambda _: replicated, objective)

@@ -41,7 +41,7 @@ def run(mesh_config: MeshConfig, devices=None, steps=3):
     into global arrays with ``global_batch``.
     """
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
+    reference = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
     # Adam with eps = 1e-3 keeps a sharded optimizer state in the step while bounding how much
     # reduction-order noise in a gradient can move an update: |d update| <= lr / eps * |d grad| per
     # coordinate. With the default eps = 1e-8 a near-zero gradient's update is +-lr whatever its
@@ -55,10 +55,10 @@ def run(mesh_config: MeshConfig, devices=None, steps=3):
         rows = len(batch["prompt_tokens"]) // jax.process_count()
         local = jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
         batch = global_batch(local, mesh)
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
-    jitted, sharding, _ = jit_step(step, mesh, state, reference, batch, objective, tx)
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl="chunked")
+    jitted, sharding, frozen_sharding = jit_step(step, mesh, state, reference, batch, objective, tx)
     state = place(state, sharding)
-    reference = place(reference, FrozenModels(reference=sharding.params))
+    reference = place(reference, frozen_sharding)
     losses = []
     for _ in range(steps):
         state, metrics = jitted(state, reference, batch, objective)

@@ -74,8 +74,9 @@ def test_nonfinite_loss_leaves_state_unchanged_and_flags_it():
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
     batch = _batch()
     bad = dpo(beta=float("nan"))
-    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))  # the state is donated: no shared buffers
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+    # The state is donated: the reference copy shares no buffers with it.
+    reference = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl="chunked")
     jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig()), state, reference, batch, bad, tx)
     before = jax.tree.map(np.asarray, state.params)
     after, metrics = jitted(jax.device_put(state, sharding), reference, batch, bad)
@@ -106,7 +107,7 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
     graphdef, params, rest = nnx.split(Decoder(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    reference = FrozenModels(reference=jax.tree.map(jnp.copy, params))
+    reference = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
     batch, objective, mesh = _batch(), dpo(beta=0.5), make_mesh(MeshConfig())
     halves = [jax.tree.map(lambda x, i=i: x[i * 4:(i + 1) * 4], batch) for i in range(2)]
 
@@ -116,7 +117,7 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
         tx = make_optimizer(cfg, total_updates=1)
         state = TrainState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.copy, params), tx.init(params),
                            jax.random.key(0))
-        step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+        step = make_step(graphdef, tx, Plan(reference="frozen"), impl="chunked")
         jitted, sharding, _ = jit_step(step, mesh, state, reference, batches[0], objective, tx)
         state = jax.device_put(state, sharding)
         for micro in batches:
