@@ -28,7 +28,7 @@ from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
-from jalign.sharding import global_batch, make_mesh, place
+from jalign.sharding import global_batch, make_mesh, state_shardings
 from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
@@ -58,10 +58,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclasses.dataclass
 class Run:
-    """What ``build`` assembles: models, data iterator, step and its state."""
+    """What ``build`` assembles: models, data iterator, step and its state.
+
+    ``frozen.rest`` holds the policy's untrained state (a LoRA policy's base
+    weights), merged with ``graphdef`` and ``state.params`` into the policy.
+    """
 
     graphdef: Any
-    rest: Any
     state: TrainState
     state_sharding: Any
     frozen: FrozenModels
@@ -75,22 +78,25 @@ class Run:
     mesh: Any
 
 
-def _load_decoder(section, hf_dir: str | None, seed: int) -> nnx.Module:
-    if hf_dir is not None:
-        return load_hf(hf_dir, **section.precision())
-    if section.arch is not None:
-        return Decoder(section.arch.replace(**section.precision()), rngs=nnx.Rngs(seed))
-    raise ValueError("set model.hf_dir (a local checkpoint) or model.arch (random initialisation)")
+def _create_sharded(make: Callable[..., nnx.Module], mesh, rules, *args) -> nnx.Module:
+    """``make(*args)`` with every array created directly in its sharding.
+
+    The module is first traced abstractly (``nnx.eval_shape``: no memory) for
+    its parameters' logical names; one ``jax.jit`` then computes its state with
+    those shardings as outputs, so each device only ever holds its shards
+    (across processes too). ``args`` (already sharded states) are donated:
+    parameters that pass through unchanged reuse their buffers.
+    """
+    graphdef, abstract = nnx.split(nnx.eval_shape(make, *args))
+    shardings = state_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda *a: nnx.state(make(*a)), out_shardings=shardings,
+                    donate_argnums=tuple(range(len(args))))(*args)
+    return nnx.merge(graphdef, state)
 
 
-def build_model(exp: Experiment, plan: Plan | None = None) -> tuple[nnx.Module, Any]:
-    """The policy decoder (with the heads the plan needs) and its tokenizer."""
+def _with_adapters_and_heads(model: nnx.Module, exp: Experiment, plan: Plan | None) -> nnx.Module:
+    """The decoder with the LoRA adapters and heads that the run trains (in place)."""
     section = exp.model
-    tokenizer_dir = section.tokenizer or section.hf_dir
-    if tokenizer_dir is None:
-        raise ValueError("model.tokenizer (or model.hf_dir) must name a local tokenizer directory")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model = _load_decoder(section, section.hf_dir, section.init_seed)
     if section.lora_rank > 0:
         lora.add_lora(model, rank=section.lora_rank, alpha=section.lora_alpha,
                       targets=section.lora_targets, rngs=nnx.Rngs(section.init_seed + 1))
@@ -102,6 +108,34 @@ def build_model(exp: Experiment, plan: Plan | None = None) -> tuple[nnx.Module, 
     elif plan is not None and plan.scores is not None and loaded_head.kind != plan.scores:
         raise ValueError(f"{section.hf_dir} holds a {loaded_head.kind} head; {exp.objective.name} trains a "
                          f"{plan.scores} head")
+    return model
+
+
+def build_model(exp: Experiment, plan: Plan | None, mesh, rules) -> tuple[nnx.Module, Any]:
+    """The policy decoder (with the heads the plan needs), created in its shardings, and its tokenizer.
+
+    A checkpoint (``model.hf_dir``) is loaded tensor by tensor onto the mesh;
+    a random initialisation (``model.arch``) runs as one sharded ``jax.jit``.
+    Adapters and heads are added inside that jit, so they are sharded too.
+    """
+    section = exp.model
+    tokenizer_dir = section.tokenizer or section.hf_dir
+    if tokenizer_dir is None:
+        raise ValueError("model.tokenizer (or model.hf_dir) must name a local tokenizer directory")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if section.hf_dir is not None:
+        base_graphdef, base = nnx.split(load_hf(section.hf_dir, mesh=mesh, rules=rules, **section.precision()))
+
+        def make(state):
+            return _with_adapters_and_heads(nnx.merge(base_graphdef, state), exp, plan)
+        model = _create_sharded(make, mesh, rules, base)
+    elif section.arch is not None:
+        def make():
+            arch = section.arch.replace(**section.precision())
+            return _with_adapters_and_heads(Decoder(arch, rngs=nnx.Rngs(section.init_seed)), exp, plan)
+        model = _create_sharded(make, mesh, rules)
+    else:
+        raise ValueError("set model.hf_dir (a local checkpoint) or model.arch (random initialisation)")
     return model, tokenizer
 
 
@@ -119,10 +153,31 @@ def _device_batch(batch: dict, mesh) -> dict:
     return global_batch(batch, mesh) if jax.process_count() > 1 else batch
 
 
+def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, frozen_sharding: FrozenModels,
+                   seed: int) -> tuple[TrainState, FrozenModels]:
+    """The step's first state and frozen models, each created by a jit whose outputs are in their shardings.
+
+    The reference copy is ``jnp.copy`` (a new buffer: the step donates the
+    policy's) and the optimizer state ``tx.init``, both from the sharded
+    parameters; nothing is assembled whole and then placed.
+    """
+    def copy(tree):
+        return jax.tree.map(jnp.copy, tree)
+
+    opt_state = jax.jit(tx.init, out_shardings=sharding.opt_state)(params)
+    step, rng = jax.jit(lambda: (jnp.zeros((), jnp.int32), jax.random.key(seed)),
+                        out_shardings=(sharding.step, sharding.rng))()
+    reference = (None if frozen_like.reference is None
+                 else jax.jit(copy, out_shardings=frozen_sharding.reference)(params))
+    return (TrainState(step, params, opt_state, rng),
+            dataclasses.replace(frozen_like, reference=reference))
+
+
 def build(exp: Experiment) -> Run:
-    """Plan, model, reference, data pipeline, optimizer and the jitted step."""
+    """Plan, model, reference, data pipeline, optimizer and the jitted step, all state created sharded."""
     plan = plan_for(exp)
-    model, tokenizer = build_model(exp, plan)
+    mesh, rules = make_mesh(exp.mesh), exp.mesh.rule_table()
+    model, tokenizer = build_model(exp, plan, mesh, rules)
     heads = (("token_mask_head",) if plan.needs_mask_head else ()) + (("score_head",) if plan.scores else ())
     trainable = trainable_filter(lora=exp.model.lora_rank > 0, heads=heads)
     graphdef, params, rest = nnx.split(model, trainable, ...)
@@ -135,16 +190,15 @@ def build(exp: Experiment) -> Run:
     data, eval_data = _held_out(exp, data, read)
     if plan.reference == PRECOMPUTED:
         reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
-        precompute = functools.partial(precompute_reference, reference=reference_model,
+        precompute = functools.partial(precompute_reference, reference=reference_model, mesh=mesh, rules=rules,
                                        batch_size=exp.train.batch_size, impl=exp.train.logprob_impl)
         data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
         if eval_data is not None:
             eval_data = precompute(eval_data, cache=pathlib.Path(exp.train.out_dir) / "eval_reference_logprobs.npz")
     guide_graphdef, guide_state = None, None
     if plan.needs_guide:
-        guide_graphdef, guide_state = nnx.split(_load_decoder(exp.model, exp.model.guide, 0))
-    frozen = FrozenModels(reference=jax.tree.map(jnp.copy, params) if plan.reference == FROZEN else None,
-                          guide=guide_state)
+        guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
+                                                        **exp.model.precision()))
     processes = jax.process_count()
     if exp.train.batch_size % processes:
         raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over {processes} processes")
@@ -152,18 +206,21 @@ def build(exp: Experiment) -> Run:
                                  shuffle=exp.data.shuffle, num_epochs=None,
                                  shard_index=jax.process_index(), shard_count=processes)
     iterator = iter(dataset)
-    mesh = make_mesh(exp.mesh)
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
-    step = make_step(graphdef, rest, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
-    eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, rest, plan, impl=exp.train.logprob_impl,
+    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
+    eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
                                                    guide_graphdef=guide_graphdef)))
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(exp.train.seed))
+    # Shapes only, for the step's shardings: the real values are then created in them.
+    frozen_like = FrozenModels(rest=rest, reference=params if plan.reference == FROZEN else None, guide=guide_state)
+    state_like = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p),
+                                                     jax.random.key(0)), params)
     sample = _device_batch(dataset[0], mesh)
-    jitted, sharding, frozen_sharding = jit_step(step, mesh, state, frozen, sample, exp.objective, tx,
-                                                 exp.mesh.rule_table())
-    return Run(graphdef, rest, place(state, sharding), sharding, place(frozen, frozen_sharding), plan, jitted,
-               eval_fn, eval_data, iterator, tokenizer, data.report.as_dict(), mesh)
+    jitted, sharding, frozen_sharding = jit_step(step, mesh, state_like, frozen_like, sample, exp.objective, tx,
+                                                 rules)
+    state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
+    return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
+               data.report.as_dict(), mesh)
 
 
 def _held_out(exp: Experiment, data, read):
@@ -198,9 +255,9 @@ def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
     The reference is None when it was precomputed for a fully fine-tuned
     model, or when the objective needs none.
     """
-    policy = nnx.merge(run.graphdef, run.state.params, run.rest)
+    policy = nnx.merge(run.graphdef, run.state.params, run.frozen.rest)
     if run.plan.reference == FROZEN:
-        return policy, nnx.merge(run.graphdef, run.frozen.reference, run.rest)
+        return policy, nnx.merge(run.graphdef, run.frozen.reference, run.frozen.rest)
     has_lora = any(True for _ in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam)))
     return policy, lora.reference_view(policy) if has_lora else None
 
