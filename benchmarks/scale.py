@@ -131,7 +131,7 @@ def measure(cfg: Config) -> dict:
     tx = optax.adamw(1e-6)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params),
                        jax.eval_shape(lambda: jax.random.key(0)))
-    frozen = FrozenModels(reference=params)
+    frozen = FrozenModels(rest=rest, reference=params)
     b, p, r = cfg.pairs, cfg.prompt, cfg.response
     batch = dict(prompt_tokens=jax.ShapeDtypeStruct((b, p), jnp.int32),
                  prompt_mask=jax.ShapeDtypeStruct((b, p), jnp.int32),
@@ -140,7 +140,7 @@ def measure(cfg: Config) -> dict:
                  labels={"example_weight": jax.ShapeDtypeStruct((b,), jnp.float32)})
     mesh = make_mesh(MeshConfig(data=cfg.data, fsdp=cfg.fsdp, tensor=cfg.tensor))
     objective = dpo(beta=0.1)
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl="chunked")
     jitted, _, _ = jit_step(step, mesh, state, frozen, batch, objective, tx)
     start = time.perf_counter()
     compiled = jitted.lower(state, frozen, batch, objective).compile()
