@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -73,3 +74,49 @@ def test_lora_base_is_not_baked_into_the_step():
     small, large = _lora_step_text(64), _lora_step_text(1024)
     base_growth = (1024 - 64) * 32 * 4
     assert len(large) - len(small) < base_growth / 20, (len(small), len(large))
+
+
+def test_two_processes_build_load_precompute_and_export(tmp_path):
+    """Two jax.distributed processes build a LoRA run from a HF checkpoint over one fsdp=4 mesh (the
+    base sharded across both), precompute the reference and export split safetensors. References:
+    the export equals the checkpoint tensor for tensor (the adapters start at zero, so merging
+    changes nothing), and the reference log-probs equal those of one process on one device."""
+    sys.path.insert(0, str(HERE))
+    import numpy as np
+    from safetensors.numpy import load_file
+    from tiny_experiment import experiment
+    from jalign.models import Decoder, save_hf
+    from jalign.train import loop
+
+    from build_memory_script import ARCH
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(0)), str(tmp_path / "hf"))
+    exp = experiment(tmp_path, 2)  # writes the tokenizer before the workers start
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   JALIGN_COORDINATOR=f"127.0.0.1:{port}", JALIGN_NUM_PROCESSES="2", JALIGN_PROCESS_ID=str(rank))
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "build_two_processes_script.py"), str(tmp_path)],
+                                      env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0 and "RESULT ok" in out, err[-4000:]
+    original = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    exported = {}
+    for path in (tmp_path / "export").glob("model-*.safetensors"):
+        exported.update(load_file(str(path)))
+    assert exported.keys() == original.keys()
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    single = dataclasses.replace(
+        exp, model=dataclasses.replace(exp.model, arch=None, hf_dir=str(tmp_path / "hf"), lora_rank=4),
+        train=dataclasses.replace(exp.train, reference="precomputed", out_dir=str(tmp_path / "single")))
+    loop.build(single)
+    want = np.load(tmp_path / "single" / "reference_logprobs.npz")
+    for rank in range(2):
+        got = np.load(tmp_path / f"run{rank}" / "reference_logprobs.npz")
+        assert got.files == want.files
+        for key in want.files:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
