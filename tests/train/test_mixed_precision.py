@@ -26,8 +26,8 @@ from step_script import CFG, _batch  # noqa: E402
 
 def _gradients(cfg, batch):
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    logprobs = make_logprobs(graphdef, rest, Plan(reference="frozen"), impl="chunked")
-    frozen = FrozenModels(reference=jax.tree.map(jnp.copy, params))
+    logprobs = make_logprobs(graphdef, Plan(reference="frozen"), impl="chunked")
+    frozen = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
 
     def loss(p):
         return dpo(beta=0.1)(logprobs(p, frozen, batch))[0]
@@ -80,9 +80,9 @@ def test_a_bf16_parameter_step_keeps_parameters_bf16_and_moments_fp32():
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, schedule="constant"), total_updates=2)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
-    frozen = FrozenModels(reference=jax.tree.map(jnp.copy, params))
+    frozen = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
     batch, objective = _batch(), dpo(beta=0.1)
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl="chunked")
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl="chunked")
     jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig(), jax.devices()[:1]), state, frozen, batch,
                                    objective, tx)
     before = jax.tree.map(np.asarray, params)
@@ -96,11 +96,22 @@ def test_a_bf16_parameter_step_keeps_parameters_bf16_and_moments_fp32():
     assert sum(changed) > len(changed) // 2
 
 
-def test_the_model_section_sets_the_dtypes_of_a_random_or_loaded_model():
-    from jalign.train.config import ModelSection
-    from jalign.train.loop import _load_decoder
+def test_the_model_section_sets_the_dtypes_of_a_random_or_loaded_model(tmp_path):
+    """The run's policy, random (``model.arch``) or loaded (``model.hf_dir``), has the section's dtypes."""
+    import dataclasses
 
-    model = _load_decoder(ModelSection(arch=CFG, dtype="bfloat16", param_dtype="bfloat16"), None, 0)
-    assert (model.cfg.dtype, model.cfg.param_dtype) == ("bfloat16", "bfloat16")
-    assert model.embed[...].dtype == jnp.bfloat16
-    assert _load_decoder(ModelSection(arch=CFG), None, 0).cfg.dtype == CFG.dtype
+    from jalign.models import save_hf
+    from jalign.train.loop import build_model
+    from tiny_experiment import experiment
+
+    save_hf(Decoder(CFG, rngs=nnx.Rngs(0)), str(tmp_path / "hf"))
+    exp = experiment(tmp_path, 1)
+    mesh = make_mesh(MeshConfig())
+    for source in (dict(arch=CFG), dict(arch=None, hf_dir=str(tmp_path / "hf"))):
+        section = dataclasses.replace(exp.model, **source, dtype="bfloat16", param_dtype="bfloat16")
+        model, _ = build_model(dataclasses.replace(exp, model=section), None, mesh, exp.mesh.rule_table())
+        assert (model.cfg.dtype, model.cfg.param_dtype) == ("bfloat16", "bfloat16")
+        assert model.embed[...].dtype == jnp.bfloat16
+    model, _ = build_model(dataclasses.replace(exp, model=dataclasses.replace(exp.model, arch=CFG)), None, mesh,
+                           exp.mesh.rule_table())
+    assert model.cfg.dtype == CFG.dtype
