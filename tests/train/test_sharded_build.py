@@ -42,7 +42,9 @@ def test_device0_holds_its_shard_of_the_state_plus_one_tensor(variant, tmp_path)
     got = _result(out.stdout)
     assert got["peak"] <= got["state"] + got["largest"], got
     assert got["state"] <= got["whole"] / 8 + 32 * 1024, got   # sharded, up to small replicated vectors
-    assert got["largest"] < got["whole"] / 8, got               # so the bound above is a real constraint
+    # The bound is a real constraint: an unsharded build holds the whole model on device 0. (With
+    # stacked layers the largest tensor is one projection of every layer.)
+    assert got["state"] + got["largest"] < got["whole"] / 2, got
     assert got["replicated"] == [], got
 
 
