@@ -310,6 +310,8 @@ def load_hf(directory: str, *, score_kind: str | None = None, mesh: jax.sharding
                 raise ValueError(f"{directory}: the {cfg.model_type} table names {dotted!r}, not in the model")
             sources.setdefault(path, []).append((layer, entry, position))
     filled = {}
+    # Parameter by parameter, so the host holds one at a time; an entry that fills several
+    # (GPT-2's packed q/k/v) is read once for each.
     for path, parts in sources.items():
         var = targets[path]
         host = np.empty(var.shape, var.dtype)
@@ -318,7 +320,7 @@ def load_hf(directory: str, *, score_kind: str | None = None, mesh: jax.sharding
             value = _load_entry(cfg, entry, index, shapes)[position]
             host[() if layer is None else layer] = value
         filled[path] = var.replace(_place(host, None if mesh is None else _sharding(var, mesh, rules)))
-        del host
+        del host  # before the next parameter's buffer is allocated
     used = {k for entry in table for k in entry.hf}
     unknown = [k for k in index if k not in used and not k.endswith(_IGNORED_SUFFIXES)
                and not (cfg.tie_embeddings and k == "lm_head.weight")]
