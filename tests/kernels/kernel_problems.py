@@ -1,6 +1,6 @@
 """Random problems and comparisons shared by the kernel tests.
 
-The reference for every number is `naive_sequence_logprobs`: full
+The reference for every number is `reference_logprobs` (impl "naive"): full
 ``jax.nn.log_softmax(hidden @ W + b)`` logits, extras from their closed forms
 over the whole vocabulary, gradients from plain autodiff.
 """

@@ -1,4 +1,4 @@
-"""The chunked XLA op against full logits (`naive_sequence_logprobs`)."""
+"""The chunked XLA op against full logits (`reference_logprobs`)."""
 
 import chex
 import jax

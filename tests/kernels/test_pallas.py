@@ -1,4 +1,4 @@
-"""Pallas TPU and GPU kernels against full logits (`naive_sequence_logprobs`).
+"""Pallas TPU and GPU kernels against full logits (`reference_logprobs`).
 
 Each kernel has a test class with ``INTERPRET = False`` that runs on its own
 backend and an interpret-mode subclass that runs the same tests on CPU with

@@ -2,7 +2,7 @@
 
 pytest imports jax once per process, so the check runs in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 set before jax starts.
-The numbers come from `naive_sequence_logprobs` on the unsharded arrays.
+The numbers come from `reference_logprobs` on the unsharded arrays.
 """
 
 import os
