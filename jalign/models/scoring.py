@@ -25,6 +25,7 @@ from flax.core import spmd
 
 from jalign.kernels import TokenLogProbs, resolve_impl, sequence_logprobs, sharded_sequence_logprobs
 from jalign.models.decoder import OutputProjection
+from jalign.models.layers import logical_to_spec
 
 
 def completion_inputs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -95,21 +96,16 @@ def frozen(responses: Responses) -> Responses:
                      responses.target_mask, None if responses.layers is None else constant(responses.layers))
 
 
-def _rule_axes(mesh, rules: dict, name: str, taken: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Mesh axes (of size > 1, not in ``taken``) that logical axis ``name`` maps to."""
-    axes = rules.get(name)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return tuple(a for a in axes if a in mesh.axis_names and a not in taken and mesh.shape[a] > 1)
-
-
 def kernel_sharding(n_vocab: int) -> dict | None:
     """How the log-prob op is split over the active mesh, or None for the plain op.
 
     Reads the abstract mesh (``jax.sharding.get_abstract_mesh``) and the
-    active flax logical-axis rules: tokens over the axes of ``batch``, the
-    vocabulary over the one axis of ``act_vocab`` when it divides ``n_vocab``
-    (else every device holds the whole vocabulary). None with no mesh, one
-    device or no active rules.
+    active flax logical-axis rules, and resolves ``("batch", "act_vocab")``
+    like any activation (`layers.logical_to_spec`): tokens over the axes of
+    ``batch``, the vocabulary over the axis of ``act_vocab`` when it divides
+    ``n_vocab`` (else, or when the rule names several axes, every device holds
+    the whole vocabulary). Tokens are padded to their shards, so the mesh size
+    stands in for their count. None with no mesh, one device or no rules.
 
     Returns:
       ``dict(mesh=..., token_axes=(...), vocab_axis=str | None)``.
@@ -118,10 +114,10 @@ def kernel_sharding(n_vocab: int) -> dict | None:
     rules = dict(spmd.get_logical_axis_rules())
     if mesh.empty or mesh.size == 1 or not rules:
         return None
-    token_axes = _rule_axes(mesh, rules, "batch")
-    vocab = _rule_axes(mesh, rules, "act_vocab", token_axes)
-    vocab_axis = vocab[0] if len(vocab) == 1 and n_vocab % mesh.shape[vocab[0]] == 0 else None
-    return dict(mesh=mesh, token_axes=token_axes, vocab_axis=vocab_axis)
+    names = tuple(n if n in rules else None for n in ("batch", "act_vocab"))
+    tokens, vocab = logical_to_spec(names, (mesh.size, n_vocab), mesh, rules)
+    token_axes = () if tokens is None else (tokens,) if isinstance(tokens, str) else tuple(tokens)
+    return dict(mesh=mesh, token_axes=token_axes, vocab_axis=vocab if isinstance(vocab, str) else None)
 
 
 def token_logprobs(responses: Responses, targets: jax.Array, *, extras: Sequence[str] = (),

@@ -4,9 +4,9 @@ Run as ``python kernel_step_script.py MODE`` with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 by ``test_sharded_step.py``
 (pytest imports jax once, with one device). Every mode builds the step with
 ``make_step`` + ``jit_step`` (or the step's own ``make_logprobs``) on a tiny
-Llama-like decoder, DPO against a frozen reference, traced inside the mesh and
-the logical-axis rules the trainer activates (issue 9): tokens over the batch
-axes, the vocabulary over ``tensor``. Modes print one ``RESULT {json}`` line.
+Llama-like decoder, DPO against a frozen reference, traced inside
+``jalign.sharding.activate(mesh, DEFAULT_RULES)`` as the trainer traces it:
+tokens over the batch axes, the vocabulary over ``tensor``. Modes print one ``RESULT {json}`` line.
 """
 
 import json
@@ -21,12 +21,10 @@ from flax import nnx
 
 from jalign.models import Decoder, ModelConfig
 from jalign.objectives import dpo
-from jalign.sharding import MeshConfig, make_mesh, place, state_shardings
+from jalign.sharding import DEFAULT_RULES, MeshConfig, activate, make_mesh, place, state_shardings
 from jalign.train.provider import Plan
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step
 
-# The activation rules the op reads (jalign.sharding.DEFAULT_RULES holds the same two entries).
-RULES = {"batch": ("data", "fsdp"), "act_vocab": "tensor"}
 MESHES = {"fsdp8": MeshConfig(fsdp=8), "dp2_fsdp2_tp2": MeshConfig(data=2, fsdp=2, tensor=2),
           "one": MeshConfig()}
 # (platform, kernel, mesh, compute dtype, parameter dtype) of each exported step (issue 9's "Done when").
@@ -41,14 +39,6 @@ TRITON_CHECK = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"
 def config(vocab=256, hidden=64, **kw) -> ModelConfig:
     return ModelConfig("llama", vocab_size=vocab, hidden_size=hidden, num_layers=2, num_heads=4,
                        num_kv_heads=2, head_dim=16, mlp_dim=128, **kw)
-
-
-def activated(fn, mesh):
-    """``fn`` traced inside ``mesh`` and the rules, as the trainer traces its step."""
-    def wrapped(*args):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(tuple(RULES.items())):
-            return fn(*args)
-    return wrapped
 
 
 def batch(vocab, pairs=8, prompt=8, response=24, seed=0) -> dict:
@@ -71,7 +61,7 @@ def step_for(cfg: ModelConfig, mesh_name: str, impl: str, data: dict):
     mesh = make_mesh(MESHES[mesh_name], jax.devices()[:1] if mesh_name == "one" else None)
     step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl=impl)
     objective = dpo(beta=0.1)
-    jitted, _, _ = jit_step(activated(step, mesh), mesh, state, frozen, data, objective, tx)
+    jitted, _, _ = jit_step(step, mesh, state, frozen, data, objective, tx)
     return jitted, (state, frozen, data, objective)
 
 
@@ -118,7 +108,11 @@ def equality() -> dict:
     mesh = make_mesh(MESHES["dp2_fsdp2_tp2"])
     shardings = state_shardings(params, mesh)
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    sharded = jax.jit(activated(grad, mesh), in_shardings=(shardings, shardings, rows))
+    def grad_under_rules(*args):  # as jit_step traces the step
+        with activate(mesh, DEFAULT_RULES):
+            return grad(*args)
+
+    sharded = jax.jit(grad_under_rules, in_shardings=(shardings, shardings, rows))
     got_g, got_lp = sharded(place(params, shardings), place(ref_params, shardings), data)
     text = sharded.lower(params, ref_params, data).as_text()
     grad_err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
