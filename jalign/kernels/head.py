@@ -1,4 +1,4 @@
-"""The operand of every log-prob op: an output projection applied to hidden states.
+"""The operand of every log-prob op: hidden states and their output projection.
 
 A `Head` carries the token-major hidden states and the projection they meet;
 the policy's and, for ``ref_kl``, the reference's travel as two values. The
@@ -30,7 +30,8 @@ class Head(NamedTuple):
         """The same head with a zero fp32 ``[V]`` bias in place of None."""
         if self.bias is not None:
             return self
-        return self._replace(bias=jnp.zeros(self.weight.shape[1:], jnp.float32))
+        zeros = jnp.zeros(self.weight.shape[1:], jnp.float32)
+        return self._replace(bias=zeros)
 
 
 def precision(dtype):

@@ -15,7 +15,7 @@ The last vocabulary tile is shifted back to end at V (its columns already
 seen are masked), so V needs no padding. Programs whose rows are all past
 the number of valid (compacted) rows exit at once.
 
-The backward pass is `chunked.backward` (see `api`).
+The backward pass is `chunked.backward` (see `logprobs`).
 """
 
 import dataclasses

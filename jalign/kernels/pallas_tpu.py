@@ -3,16 +3,16 @@
 Grid ``(token blocks, vocabulary tiles)``; the vocabulary axis is innermost
 and sequential. Each step projects a ``[block_n, H]`` hidden block onto a
 ``[H, block_v]`` weight tile on the MXU and folds the fp32 logits into the
-running statistics of `softmax_stats`, which live in the output blocks themselves
-(their block index does not change along the vocabulary axis, so they stay
-in VMEM until the token block is done). Per-row statistics are stored
+running statistics of `softmax_stats`, which live in the output blocks
+themselves (their block index does not change along the vocabulary axis, so
+they stay in VMEM until the token block is done). Per-row statistics are stored
 replicated over 128 lanes, like flash attention's ``m`` and ``l``.
 
 The number of valid (compacted) rows is a prefetched scalar: token blocks
 past it skip all compute and their index maps repeat the previous block, so
 no hidden or weight tile is copied for them either.
 
-The backward pass is `chunked.backward` (see `api`).
+The backward pass is `chunked.backward` (see `logprobs`).
 """
 
 import dataclasses
@@ -87,7 +87,8 @@ def forward(head, ref, targets, n_valid, *, block_sizes, softcap, top_k,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "arbitrary")),
         cost_estimate=pl.CostEstimate(
-            flops=2 * n * v * (hid + (ref.hidden.shape[1] if with_ref else 0)),
+            flops=2 * n * v * (hid + (ref.hidden.shape[1] if with_ref
+                                      else 0)),
             transcendentals=n * v * (2 if with_ref else 1),
             bytes_accessed=sum(x.size * x.dtype.itemsize for x in ops)),
         interpret=interpret,
@@ -150,8 +151,8 @@ def _kernel(nv_ref, *refs, fields, block_v, vocab, softcap, top_k, entropy,
             _store(outs, st)
 
         st = softmax_stats.Stats(**{f: (r[...] if f == "topk" else
-                                  jnp.max(r[...], axis=1))
-                              for f, r in outs.items()})
+                                        jnp.max(r[...], axis=1))
+                                    for f, r in outs.items()})
         z = project(ins[0][...], ins[1][...], ins[2][...], softcap)  # [bn, bv]
         zq = None
         if with_ref:
