@@ -81,6 +81,7 @@ class OpConfig:
 
     @property
     def with_ref(self):
+        """Whether the op reads a reference head (for ``ref_kl``)."""
         return "ref_kl" in self.extras
 
 
@@ -131,8 +132,9 @@ def check_inputs(head, ref, targets, mask, *, extras, top_k):
     if ref is not None and ref.hidden is not None and (
             ref.weight is None or ref.hidden.shape[:-1] != hidden.shape[:-1]
             or ref.weight.shape != (ref.hidden.shape[-1], weight.shape[1])):
+        ref_weight = None if ref.weight is None else ref.weight.shape
         raise ValueError(f"need ref_hidden [..., Hr], ref_weight [Hr, V]; got "
-                         f"{ref.hidden.shape=} {ref.weight.shape=}")
+                         f"{ref.hidden.shape=} {ref_weight=}")
     if ({"topk_mass", "topk_entropy"} & set(extras)) and not (
             top_k and 0 < top_k <= weight.shape[1]):
         raise ValueError(f"top-k extras need 0 < top_k <= V; got {top_k=}")

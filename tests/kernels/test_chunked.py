@@ -188,6 +188,9 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="targets.shape"):
         sequence_logprobs(prob["hidden"], prob["weight"], prob["targets"][1:],
                           prob["mask"])
+    with pytest.raises(ValueError, match="ref_weight=None"):
+        sequence_logprobs(prob["hidden"], prob["weight"], prob["targets"],
+                          prob["mask"], ref_hidden=prob["hidden"])
 
 
 @pytest.mark.slow
