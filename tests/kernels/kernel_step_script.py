@@ -37,6 +37,7 @@ TRITON_CHECK = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton"
 
 
 def config(vocab=256, hidden=64, **kw) -> ModelConfig:
+    """A 2-layer Llama-like decoder (GQA 4/2 heads, SwiGLU), vocabulary ``vocab``, width ``hidden``."""
     return ModelConfig("llama", vocab_size=vocab, hidden_size=hidden, num_layers=2, num_heads=4,
                        num_kv_heads=2, head_dim=16, mlp_dim=128, **kw)
 
