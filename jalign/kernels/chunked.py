@@ -158,7 +158,8 @@ def forward(head, ref, targets, n_valid, *, block_sizes, softcap, top_k,
         (jnp.int32(0), out))[1]
 
 
-def backward(head, ref, targets, n_valid, res, cot, *, block_sizes, softcap):
+def backward(head, ref, targets, n_valid, res, cot, *, block_sizes, softcap,
+             dw_dtype=None):
     """Gradients of hidden, weight and bias, recomputing logits tile by tile.
 
     The vocabulary is the outer loop, so a weight tile's gradient is
@@ -171,8 +172,10 @@ def backward(head, ref, targets, n_valid, res, cot, *, block_sizes, softcap):
         head, ref, targets, n_valid: as in `forward`.
         res: dict of ``[N]`` residuals from `softmax_stats.finalize`.
         cot: dict of ``[N]`` output cotangents (zero on rows >= n_valid).
+        dw_dtype: dtype of d_weight (None: weight.dtype; fp32 when it is
+            summed over token shards afterwards).
     Returns:
-        (d_hidden [N, H] fp32, d_weight [H, V] in weight.dtype,
+        (d_hidden [N, H] fp32, d_weight [H, V] in dw_dtype,
         d_bias [V] fp32).
     """
     h, w = head.hidden, head.weight
@@ -215,13 +218,15 @@ def backward(head, ref, targets, n_valid, res, cot, *, block_sizes, softcap):
             lambda c: (c[0] + 1, token_block(j, c[0], c[1])),
             (jnp.int32(0), acc))[1]
         dw = jax.lax.dynamic_update_slice_in_dim(
-            dw, jnp.where(fresh, dwt.astype(w.dtype), _tile(dw, col0, bv, 1)),
+            dw, jnp.where(fresh, dwt.astype(dw.dtype),
+                          _tile(dw, col0, bv, 1)),
             col0, 1)
         db = jax.lax.dynamic_update_slice_in_dim(
             db, jnp.where(fresh, dbt, _tile(db, col0, bv, 0)), col0, 0)
         return dh, dw, db
 
-    init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, w.dtype),
+    init = (jnp.zeros(h.shape, jnp.float32),
+            jnp.zeros(w.shape, dw_dtype or w.dtype),
             jnp.zeros(w.shape[1:], jnp.float32))
     init = softmax_stats.match_vma(init, *operands, *cot.values())
     return jax.lax.fori_loop(0, _num_blocks(w.shape[1], bv), vocab_tile, init)

@@ -270,9 +270,11 @@ def _fused_op(cfg):
     def bwd(saved, g):
         head, ref, targets, n_valid, res = saved
         cot = {k: g[k] for k in _DIFFERENTIABLE if k in g}
+        # Partial weight gradients of token shards are summed in fp32.
         dh, dw, db = chunked.backward(
             head, ref, targets, n_valid, res, cot,
-            block_sizes=cfg.block_sizes.backward, softcap=cfg.softcap)
+            block_sizes=cfg.block_sizes.backward, softcap=cfg.softcap,
+            dw_dtype=jnp.float32 if cfg.token_axes else None)
         if cfg.vocab_axis is not None:
             dh = jax.lax.psum(dh, cfg.vocab_axis)
         if cfg.token_axes:

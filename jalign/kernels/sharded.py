@@ -80,13 +80,19 @@ def sharded_sequence_logprobs(hidden, weight, targets, mask, *, mesh,
         x = x.reshape((n,) + x.shape[len(lead):])
         return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
 
+    def local_head(hd):
+        # The weight enters in the compute dtype (each tile is cast to it
+        # anyway): an fp32 master weight is all-gathered at half the bytes.
+        weight = hd.weight.astype(hd.hidden.dtype)
+        return hd.with_bias()._replace(hidden=rows(hd.hidden), weight=weight)
+
     tok = token_axes or None
-    head = head.with_bias()._replace(hidden=rows(hidden))
+    head = local_head(head)
     head_specs = Head(P(tok, None), P(None, vocab_axis), P(vocab_axis))
     operands = [head, rows(targets.astype(jnp.int32)), rows(mask)]
     specs = [head_specs, P(tok), P(tok)]
     if cfg.with_ref:
-        operands.append(ref.with_bias()._replace(hidden=rows(ref.hidden)))
+        operands.append(local_head(ref))
         specs.append(head_specs)
 
     def local(head, t, m, ref=None):
