@@ -24,8 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jalign.kernels import resolve_impl, sequence_logprobs
-from jalign.kernels.api import _MODULES
+from jalign.kernels import block_sizes_for, resolve_impl, sequence_logprobs
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -45,7 +44,7 @@ def _block_sizes(impl, spec):
     if not spec:
         return None
     fields = dict(kv.split("=") for kv in spec.split(","))
-    return _MODULES[impl].BlockSizes(**{k: int(v) for k, v in fields.items()})
+    return block_sizes_for(impl, **{k: int(v) for k, v in fields.items()})
 
 
 def _inputs(n, h, v, dtype, valid_fraction, seed=0):

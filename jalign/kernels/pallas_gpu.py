@@ -4,8 +4,9 @@ Grid ``(token blocks, vocabulary splits)``. Triton keeps no state between
 programs, so each program walks its whole share of the vocabulary itself: a
 `fori_loop` over ``block_v`` column tiles, each tile's logits accumulated
 over ``block_k`` slices of the hidden dimension with fp32 tensor-core dots,
-then folded into the running statistics of `_online` held in registers. The
-per-split statistics are merged afterwards (`_online.combine_splits`, a few
+then folded into the running statistics of `softmax_stats` held in
+registers. The per-split statistics are merged afterwards
+(`softmax_stats.combine_splits`, a few
 ``[S, N]`` XLA ops). Splitting the vocabulary keeps every multiprocessor
 busy when there are few token blocks (8192 tokens are only 128 blocks of 64
 on a 132-SM H100), which is also what lets skipped masked blocks save time.
@@ -14,7 +15,7 @@ The last vocabulary tile is shifted back to end at V (its columns already
 seen are masked), so V needs no padding. Programs whose rows are all past
 the number of valid (compacted) rows exit at once.
 
-The backward pass is `chunked.backward` (see `api`).
+The backward pass is `chunked.backward` (see `logprobs`).
 """
 
 import dataclasses
@@ -25,7 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jalign.kernels import _online, chunked
+from jalign.kernels import chunked, softmax_stats
+from jalign.kernels.head import precision
 
 # Fastest of a small sweep on an H100 at H=1024 (benchmarks/README.md).
 DEFAULT_BLOCK_N = 64
@@ -44,19 +46,19 @@ def _is_pow2(x):
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockSizes:
-    """Tokens per program, vocabulary columns per tile, hidden slice width."""
+class BlockSizes(chunked.KernelBlockSizes):
+    """Tokens per program, vocabulary columns per tile, hidden slice width
+    (keywords only)."""
 
     block_n: int = DEFAULT_BLOCK_N
     block_v: int = DEFAULT_BLOCK_V
+    block_n_bwd: int = DEFAULT_BLOCK_N_BWD
+    block_v_bwd: int = DEFAULT_BLOCK_V_BWD
     block_k: int = DEFAULT_BLOCK_K
     num_warps: int = DEFAULT_NUM_WARPS
     num_stages: int = DEFAULT_NUM_STAGES
     # Programs per token block along V; None: enough for ~512 programs.
     vocab_splits: int | None = None
-    # Tiles of the backward pass (`chunked.backward`, XLA matmuls).
-    block_n_bwd: int = DEFAULT_BLOCK_N_BWD
-    block_v_bwd: int = DEFAULT_BLOCK_V_BWD
 
     def __post_init__(self):
         for name in ("block_n", "block_v", "block_k"):
@@ -71,56 +73,46 @@ class BlockSizes:
         per = pl.cdiv(n_vtiles, min(want, n_vtiles))
         return pl.cdiv(n_vtiles, per), per
 
-    @property
-    def row_multiple(self):
-        """Callers pad the token axis to a multiple of this."""
-        return self.block_n
 
-    @property
-    def backward(self):
-        """Block sizes of the chunked backward pass."""
-        return chunked.BlockSizes(self.block_n_bwd, self.block_v_bwd)
-
-
-def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
-            sq_sum, with_ref, interpret=False):
+def forward(head, ref, targets, n_valid, *, block_sizes, softcap, top_k,
+            entropy, sq_sum, interpret=False):
     """Raw online statistics of every token (see `chunked.forward`).
 
     Args:
-        inputs: (hidden [N, H], weight [H, V], bias [V], ref_hidden [N, Hr],
-            ref_weight [Hr, V], ref_bias [V], targets [N] int32), ref_* None
-            without a reference head; N a multiple of ``block_n``; H, Hr and
-            V at least 16, H and Hr multiples of 16.
+        head, ref: `Head` values with biases (ref None without a reference);
+            N a multiple of ``block_n``; H, Hr and V at least 16, H and Hr
+            multiples of 16.
+        targets: ``[N]`` int32.
         n_valid: scalar int32; rows >= n_valid are skipped (garbage out).
     Returns:
-        `_online.Stats` with ``[N]`` fields (``topk`` ``[N, pow2 >= k]``).
+        `softmax_stats.Stats` with ``[N]`` fields (``topk``
+        ``[N, pow2 >= k]``).
     """
-    h, w, b, rh, rw, rb, targets = inputs
-    n, v = h.shape[0], w.shape[1]
+    n, v = head.hidden.shape[0], head.weight.shape[1]
+    with_ref = ref is not None
     bs = block_sizes
     bv = min(bs.block_v, pl.next_power_of_2(v + 1) // 2)  # pow2 <= V
-    for name, dim in (("H", h.shape[1]), ("Hr", None if rh is None
-                                          else rh.shape[1])):
-        if dim is not None and dim % MIN_DOT:
+    for name, hd in (("H", head), ("Hr", ref)):
+        if hd is not None and hd.hidden.shape[1] % MIN_DOT:
             raise ValueError(f"pallas_gpu needs {name} % {MIN_DOT} == 0, "
-                             f"got {dim}")
+                             f"got {hd.hidden.shape[1]}")
     if n % bs.block_n or v < MIN_DOT:
         raise ValueError(f"need rows % block_n == 0 and V >= {MIN_DOT}; got "
                          f"{n=} {bs.block_n=} {v=}")
-    fields = _online.row_fields(entropy=entropy, sq_sum=sq_sum,
+    fields = softmax_stats.row_fields(entropy=entropy, sq_sum=sq_sum,
                                 with_ref=with_ref)
     width = max(pl.next_power_of_2(top_k), MIN_DOT) if top_k else 0
-    ops = (h, w, b) + ((rh, rw, rb) if with_ref else ()) + (targets,)
-    ops = _online.match_vma(ops, *ops)
+    ops = (*head, *(ref or ()), targets)
+    ops = softmax_stats.match_vma(ops, *ops)
     n_splits, per_split = bs.splits(n // bs.block_n, pl.cdiv(v, bv))
     row = pl.BlockSpec((None, bs.block_n), lambda i, s: (s, i))
     out_specs = [row] * len(fields)
-    out_shape = [_online.out_struct((n_splits, n), jnp.float32, ops[0])
+    out_shape = [softmax_stats.out_struct((n_splits, n), jnp.float32, ops[0])
                  ] * len(fields)
     if top_k:
         out_specs.append(pl.BlockSpec((None, bs.block_n, width),
                                       lambda i, s: (s, i, 0)))
-        out_shape.append(_online.out_struct((n_splits, n, width),
+        out_shape.append(softmax_stats.out_struct((n_splits, n, width),
                                             jnp.float32, ops[0]))
     kernel = functools.partial(
         _kernel, block_n=bs.block_n, block_v=bv, block_k=bs.block_k,
@@ -135,24 +127,26 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
         compiler_params=plgpu.CompilerParams(
             num_warps=bs.num_warps, num_stages=bs.num_stages),
         interpret=interpret,
-    )(_online.match_vma(n_valid.reshape(1), *ops), *ops)
-    return _online.combine_splits(_online.Stats(
+    )(softmax_stats.match_vma(n_valid.reshape(1), *ops), *ops)
+    return softmax_stats.combine_splits(softmax_stats.Stats(
         **dict(zip(fields + (("topk",) if top_k else ()), outs))))
 
 
 def _logits(h_ref, w_ref, b_ref, rows, col0, *, block_n, block_v, block_k):
-    """``[block_n, block_v]`` fp32 ``h[rows] @ w[:, col0:col0+bv] + b``."""
+    """``[block_n, block_v]`` fp32 ``h[rows] @ w[:, col0:col0+bv] + b``.
+
+    Dots run in the hidden states' dtype: Triton refuses mixed operands
+    (bf16 activations against fp32 master weights), so weight slices are
+    cast first.
+    """
     hid = h_ref.shape[1]
     bk = block_k if hid % block_k == 0 else MIN_DOT
     cols = pl.ds(col0, block_v)
-    # fp32 inputs: full-precision dots (Triton would use TF32).
-    precision = (jax.lax.Precision.HIGHEST if h_ref.dtype == jnp.float32
-                 else None)
 
     def k_step(k, acc):
         hk = h_ref[rows, pl.ds(k * bk, bk)]                # [bn, bk]
-        wk = w_ref[pl.ds(k * bk, bk), cols]                # [bk, bv]
-        return acc + jnp.dot(hk, wk, precision=precision,
+        wk = w_ref[pl.ds(k * bk, bk), cols].astype(hk.dtype)  # [bk, bv]
+        return acc + jnp.dot(hk, wk, precision=precision(hk.dtype),
                              preferred_element_type=jnp.float32)
 
     acc = jax.lax.fori_loop(0, hid // bk, k_step,
@@ -191,9 +185,9 @@ def _kernel(nv_ref, *refs, block_n, block_v, block_k, per_split, softcap,
                 z = softcap * jnp.tanh(z / softcap)
                 zq = None if zq is None else softcap * jnp.tanh(zq / softcap)
             hit = fresh & (cols == tgt[:, None])             # [bn, bv]
-            return _online.update(st, z, zq, fresh, hit, top_k=top_k)
+            return softmax_stats.update(st, z, zq, fresh, hit, top_k=top_k)
 
-        st = _online.init(block_n, entropy=entropy, sq_sum=sq_sum,
+        st = softmax_stats.init(block_n, entropy=entropy, sq_sum=sq_sum,
                           with_ref=with_ref, topk_width=width)
         st = jax.lax.fori_loop(0, per_split,
                                lambda t, st: tile(s * per_split + t, st), st)

@@ -3,16 +3,16 @@
 Grid ``(token blocks, vocabulary tiles)``; the vocabulary axis is innermost
 and sequential. Each step projects a ``[block_n, H]`` hidden block onto a
 ``[H, block_v]`` weight tile on the MXU and folds the fp32 logits into the
-running statistics of `_online`, which live in the output blocks themselves
-(their block index does not change along the vocabulary axis, so they stay
-in VMEM until the token block is done). Per-row statistics are stored
+running statistics of `softmax_stats`, which live in the output blocks
+themselves (their block index does not change along the vocabulary axis, so
+they stay in VMEM until the token block is done). Per-row statistics are stored
 replicated over 128 lanes, like flash attention's ``m`` and ``l``.
 
 The number of valid (compacted) rows is a prefetched scalar: token blocks
 past it skip all compute and their index maps repeat the previous block, so
 no hidden or weight tile is copied for them either.
 
-The backward pass is `chunked.backward` (see `api`).
+The backward pass is `chunked.backward` (see `logprobs`).
 """
 
 import dataclasses
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jalign.kernels import _online, chunked
+from jalign.kernels import chunked, softmax_stats
+from jalign.kernels.head import project
 
 LANES = 128
 SUBLANES = 8
@@ -32,14 +33,11 @@ DEFAULT_BLOCK_V = 512
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockSizes:
-    """Token rows and vocabulary columns per grid step."""
+class BlockSizes(chunked.KernelBlockSizes):
+    """Token rows and vocabulary columns per grid step (keywords only)."""
 
     block_n: int = DEFAULT_BLOCK_N
     block_v: int = DEFAULT_BLOCK_V
-    # Tiles of the backward pass (`chunked.backward`, XLA matmuls).
-    block_n_bwd: int = chunked.DEFAULT_BLOCK_N
-    block_v_bwd: int = chunked.DEFAULT_BLOCK_V
 
     def __post_init__(self):
         if self.block_n <= 0 or self.block_n % SUBLANES:
@@ -49,32 +47,22 @@ class BlockSizes:
             raise ValueError(f"block_v must be a positive multiple of "
                              f"{LANES}, got {self.block_v}")
 
-    @property
-    def row_multiple(self):
-        """Callers pad the token axis to a multiple of this."""
-        return self.block_n
 
-    @property
-    def backward(self):
-        """Block sizes of the chunked backward pass."""
-        return chunked.BlockSizes(self.block_n_bwd, self.block_v_bwd)
-
-
-def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
-            sq_sum, with_ref, interpret=False):
+def forward(head, ref, targets, n_valid, *, block_sizes, softcap, top_k,
+            entropy, sq_sum, interpret=False):
     """Raw online statistics of every token (see `chunked.forward`).
 
     Args:
-        inputs: (hidden [N, H], weight [H, V], bias [V], ref_hidden [N, Hr],
-            ref_weight [Hr, V], ref_bias [V], targets [N] int32), ref_* None
-            without a reference head; N a multiple of ``block_n``.
+        head, ref: `Head` values with biases (ref None without a reference);
+            N a multiple of ``block_n``.
+        targets: ``[N]`` int32.
         n_valid: scalar int32; rows >= n_valid are skipped (garbage out).
     Returns:
-        `_online.Stats` with ``[N]`` fields (``topk`` ``[N, 128]``).
+        `softmax_stats.Stats` with ``[N]`` fields (``topk`` ``[N, 128]``).
     """
-    h, w, b, rh, rw, rb, targets = inputs
-    n, hid = h.shape
-    v = w.shape[1]
+    n, hid = head.hidden.shape
+    v = head.weight.shape[1]
+    with_ref = ref is not None
     bn = block_sizes.block_n
     bv = v if v <= block_sizes.block_v else block_sizes.block_v
     if n % bn:
@@ -82,9 +70,9 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
     if top_k is not None and top_k > LANES:
         raise ValueError(f"pallas_tpu supports top_k <= {LANES}, got {top_k}")
     grid = (n // bn, pl.cdiv(v, bv))
-    ops, specs = _operands(inputs, bn, bv, grid[1], with_ref)
-    out = _online.out_struct((n, LANES), jnp.float32, ops[0])
-    fields = _online.row_fields(entropy=entropy, sq_sum=sq_sum,
+    ops, specs = _operands(head, ref, targets, bn, bv, grid[1])
+    out = softmax_stats.out_struct((n, LANES), jnp.float32, ops[0])
+    fields = softmax_stats.row_fields(entropy=entropy, sq_sum=sq_sum,
                                 with_ref=with_ref)
     fields += ("topk",) if top_k else ()
     kernel = functools.partial(
@@ -99,19 +87,19 @@ def forward(inputs, n_valid, *, block_sizes, softcap, top_k, entropy,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "arbitrary")),
         cost_estimate=pl.CostEstimate(
-            flops=2 * n * v * (hid + (rh.shape[1] if with_ref else 0)),
+            flops=2 * n * v * (hid + (ref.hidden.shape[1] if with_ref
+                                      else 0)),
             transcendentals=n * v * (2 if with_ref else 1),
             bytes_accessed=sum(x.size * x.dtype.itemsize for x in ops)),
         interpret=interpret,
-    )(_online.match_vma(n_valid.reshape(1), *ops), *ops)
+    )(softmax_stats.match_vma(n_valid.reshape(1), *ops), *ops)
     st = {f: (o if f == "topk" else o[:, 0]) for f, o in zip(fields, outs)}
-    return _online.Stats(**st)
+    return softmax_stats.Stats(**st)
 
 
-def _operands(inputs, bn, bv, n_vtiles, with_ref):
+def _operands(head, ref, targets, bn, bv, n_vtiles):
     """Kernel operands (2-D, vma-matched) and their BlockSpecs."""
-    h, w, b, rh, rw, rb, targets = inputs
-    n, v = targets.shape[0], w.shape[1]
+    n, v = targets.shape[0], head.weight.shape[1]
 
     def last_block(nv_ref):  # last token block holding a valid row
         # lax.div truncates: jnp's // lowers to `sign`, which Mosaic can
@@ -124,18 +112,16 @@ def _operands(inputs, bn, bv, n_vtiles, with_ref):
     def col_map(i, j, nv_ref):  # skipped blocks keep the last tile resident
         return 0, jnp.where(i <= last_block(nv_ref), j, n_vtiles - 1)
 
-    ops = [h, w, b.reshape(1, v)]
-    specs = [pl.BlockSpec((bn, h.shape[1]), row_map),
-             pl.BlockSpec((h.shape[1], bv), col_map),
-             pl.BlockSpec((1, bv), col_map)]
-    if with_ref:
-        ops += [rh, rw, rb.reshape(1, v)]
-        specs += [pl.BlockSpec((bn, rh.shape[1]), row_map),
-                  pl.BlockSpec((rh.shape[1], bv), col_map),
+    ops, specs = [], []
+    for hd in (head,) if ref is None else (head, ref):
+        hid = hd.hidden.shape[1]
+        ops += [hd.hidden, hd.weight, hd.bias.reshape(1, v)]
+        specs += [pl.BlockSpec((bn, hid), row_map),
+                  pl.BlockSpec((hid, bv), col_map),
                   pl.BlockSpec((1, bv), col_map)]
     ops.append(targets.reshape(n, 1))
     specs.append(pl.BlockSpec((bn, 1), row_map))
-    return _online.match_vma(ops, *ops), specs
+    return softmax_stats.match_vma(ops, *ops), specs
 
 
 def _out_map(i, j, nv_ref):
@@ -159,30 +145,24 @@ def _kernel(nv_ref, *refs, fields, block_v, vocab, softcap, top_k, entropy,
     def _step():
         @pl.when(j == 0)
         def _init():
-            st = _online.init(bn, entropy=entropy, sq_sum=sq_sum,
+            st = softmax_stats.init(bn, entropy=entropy, sq_sum=sq_sum,
                               with_ref=with_ref,
                               topk_width=LANES if top_k else 0)
             _store(outs, st)
 
-        st = _online.Stats(**{f: (r[...] if f == "topk" else
-                                  jnp.max(r[...], axis=1))
-                              for f, r in outs.items()})
-        z = _online.project(ins[0][...], ins[1][...], ins[2][...],
-                            softcap, _precision(ins[0]))   # [bn, bv]
+        st = softmax_stats.Stats(**{f: (r[...] if f == "topk" else
+                                        jnp.max(r[...], axis=1))
+                                    for f, r in outs.items()})
+        z = project(ins[0][...], ins[1][...], ins[2][...], softcap)  # [bn, bv]
         zq = None
         if with_ref:
-            zq = _online.project(ins[3][...], ins[4][...], ins[5][...],
-                                 softcap, _precision(ins[3]))  # [bn, bv]
+            zq = project(ins[3][...], ins[4][...], ins[5][...],
+                         softcap)                          # [bn, bv]
         cols = j * block_v + jax.lax.broadcasted_iota(
             jnp.int32, (bn, block_v), 1)                   # [bn, bv]
         valid = cols < vocab
         hit = valid & (cols == ins[-1][...])               # [bn, bv]
-        _store(outs, _online.update(st, z, zq, valid, hit, top_k=top_k))
-
-
-def _precision(ref):
-    """Full-precision MXU passes for fp32 inputs (default: one bf16 pass)."""
-    return jax.lax.Precision.HIGHEST if ref.dtype == jnp.float32 else None
+        _store(outs, softmax_stats.update(st, z, zq, valid, hit, top_k=top_k))
 
 
 def _store(outs, st):

@@ -1,19 +1,31 @@
 """Sequence log-probs with tokens and vocabulary sharded over a mesh.
 
-Tokens are split over the data axes and the vocabulary (weight columns,
-bias) over the tensor axis. Each device runs the fused op on its
-``[N / data, H] x [H, V / tensor]`` piece; the per-token running statistics
-are then merged across the vocabulary shards with `pmax`/`psum`
-(`_online.combine`), so the log-sum-exp, entropy and KL are exact. In the
-backward pass the hidden-state gradient is summed over vocabulary shards and
-the weight gradient over token shards.
+Tokens are split over the token axes (the batch axes) and the vocabulary
+(weight columns, bias) over one vocabulary axis. Each device runs the fused
+op (chunked, or a Pallas kernel: Mosaic and Triton calls cannot be
+partitioned automatically, so `shard_map` is how they run on many chips) on
+its ``[N / tokens, H] x [H, V / vocab]`` piece; the per-token running
+statistics are merged across vocabulary shards with `pmax`/`psum`
+(`softmax_stats.combine`), so the log-sum-exp, entropy and KL are exact and
+no ``[N, V]`` logits or logits all-reduce exist anywhere. In the backward
+pass the hidden-state gradient is summed over vocabulary shards and the
+weight gradient over token shards.
+
+Pallas in interpret mode (CPU tests) runs under ``check_vma=False``, where
+`shard_map` transposes replicated cotangents differently from what the
+backward's psums assume: there only the forward values are meaningful.
+Compiled Pallas kernels and the chunked op run under ``check_vma=True`` and
+their gradients are exact.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jalign.kernels import api
+from jalign.kernels import logprobs
+from jalign.kernels.head import Head
 
 
 def sharded_sequence_logprobs(hidden, weight, targets, mask, *, mesh,
@@ -21,63 +33,81 @@ def sharded_sequence_logprobs(hidden, weight, targets, mask, *, mesh,
                               bias=None, softcap=None, ref_hidden=None,
                               ref_weight=None, ref_bias=None, extras=(),
                               top_k=None, impl="auto", block_n=None,
-                              block_v=None, interpret=False):
-    """`api.sequence_logprobs` under `jax.shard_map` on ``mesh``.
+                              block_v=None, block_sizes=None,
+                              interpret=False):
+    """`logprobs.sequence_logprobs` under `jax.shard_map` on ``mesh``.
 
     Args:
-        hidden: ``[N, H]``, N divisible by the product of ``token_axes``.
+        hidden: ``[..., H]``; the tokens (leading dims, flattened) are padded
+            with masked rows to a multiple of the token shards.
         weight: ``[H, V]``, V divisible by the size of ``vocab_axis``.
-        targets, mask: ``[N]``. mesh: a `jax.sharding.Mesh`.
-        vocab_axis: mesh axis over which the vocabulary is split.
+        targets, mask: ``[...]``. mesh: a `jax.sharding.Mesh` or
+            `AbstractMesh` (its axes `AxisType.Auto`, or the inputs already
+            sharded as the specs here).
+        vocab_axis: mesh axis over which the vocabulary is split, or None
+            (every device holds the whole vocabulary).
         token_axes: mesh axes over which tokens are split (axes missing from
             the mesh are ignored).
-        Other arguments: as `api.sequence_logprobs` (not "naive"). With
-            ``interpret=True`` only the forward values are meaningful (the
-            Pallas interpreter needs ``check_vma=False``, under which
-            `shard_map` transposes replicated cotangents differently).
-        The mesh's axes should be `AxisType.Auto` (or the inputs already
-            sharded as the specs above).
+        Other arguments: as `logprobs.sequence_logprobs` (not "naive"); with
+            ``interpret=True`` only the forward values are meaningful.
     Returns:
-        `api.TokenLogProbs` with ``[N]`` fields sharded over ``token_axes``.
+        `TokenLogProbs` with ``[...]`` fields (tokens sharded over
+        ``token_axes``).
     """
+    extras = tuple(extras)
+    head, ref = logprobs.heads(hidden, weight, bias, ref_hidden, ref_weight,
+                               ref_bias)
+    logprobs.check_inputs(head, ref, targets, mask, extras=extras,
+                          top_k=top_k)
+    impl = logprobs.resolve_impl(impl)
+    if impl == "naive":
+        raise ValueError("the sharded op has no naive implementation")
     token_axes = tuple(a for a in token_axes if a in mesh.axis_names)
-    api._check_args(hidden, weight, targets, mask, bias, ref_hidden,
-                    ref_weight, extras, top_k)
-    if hidden.ndim != 2:
-        raise ValueError(f"flatten tokens first: need hidden [N, H]; got "
-                         f"{hidden.shape=}")
-    n_vocab_shards = mesh.shape[vocab_axis]
+    n_vocab_shards = 1 if vocab_axis is None else mesh.shape[vocab_axis]
     if weight.shape[1] % n_vocab_shards:
         raise ValueError(f"V={weight.shape[1]} not divisible by "
                          f"{n_vocab_shards} {vocab_axis!r} shards")
-    impl = api.resolve_impl(impl)
-    if impl == "naive":
-        raise ValueError("the sharded op has no naive implementation")
-    with_ref = "ref_kl" in extras
-    cfg = api._Config(impl, api._block_sizes(impl, block_n, block_v), softcap,
-                      top_k, tuple(extras), with_ref, interpret,
-                      vocab_axis=vocab_axis, token_axes=token_axes)
+    cfg = logprobs.OpConfig(
+        impl, block_sizes or logprobs.block_sizes_for(
+            impl, block_n=block_n, block_v=block_v),
+        softcap, top_k, extras, interpret, vocab_axis=vocab_axis,
+        token_axes=token_axes)
+    lead = hidden.shape[:-1]
+    n = math.prod(lead)
+    pad = (-n) % math.prod(mesh.shape[a] for a in token_axes)
+
+    def rows(x):  # [..., *] -> [n + pad, *], padding rows masked out
+        x = x.reshape((n,) + x.shape[len(lead):])
+        return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+
+    def local_head(hd):
+        # The weight enters in the compute dtype (each tile is cast to it
+        # anyway): an fp32 master weight is all-gathered at half the bytes.
+        weight = hd.weight.astype(hd.hidden.dtype)
+        return hd.with_bias()._replace(hidden=rows(hd.hidden), weight=weight)
+
     tok = token_axes or None
-    zeros_v = jnp.zeros(weight.shape[1:], jnp.float32)
-    bias = zeros_v if bias is None else bias
-    ref = (ref_hidden, ref_weight,
-           zeros_v if ref_bias is None else ref_bias) if with_ref else ()
-    ref_specs = (P(tok, None), P(None, vocab_axis), P(vocab_axis))
+    head = local_head(head)
+    head_specs = Head(P(tok, None), P(None, vocab_axis), P(vocab_axis))
+    operands = [head, rows(targets.astype(jnp.int32)), rows(mask)]
+    specs = [head_specs, P(tok), P(tok)]
+    if cfg.with_ref:
+        operands.append(local_head(ref))
+        specs.append(head_specs)
 
-    def local(h, w, b, t, m, *ref_args):
-        offset = jax.lax.axis_index(vocab_axis) * w.shape[1]
-        rh, rw, rb = ref_args if with_ref else (None, None, None)
-        return api.fused_logprobs(h, w, b, rh, rw, rb, t - offset, m, cfg)
+    def local(head, t, m, ref=None):
+        offset = 0
+        if vocab_axis is not None:
+            offset = jax.lax.axis_index(vocab_axis) * head.weight.shape[1]
+        return logprobs.fused_logprobs(head, ref, t - offset, m, cfg)
 
-    names = ("logprobs",) + tuple(e for e in extras)
+    names = ("logprobs",) + extras
     out = jax.shard_map(
-        local, mesh=mesh,
-        in_specs=(P(tok, None), P(None, vocab_axis), P(vocab_axis), P(tok),
-                  P(tok)) + (ref_specs if with_ref else ()),
+        local, mesh=mesh, in_specs=tuple(specs),
         out_specs={k: P(tok) for k in names},
-        # Pallas' interpreter trips over its own varying-axes checks; the
-        # gradient psums of the backward pass assume check_vma=True, so
-        # interpret mode is for forward values only.
+        # Pallas' interpreter trips over its own varying-axes checks (see
+        # the module docstring).
         check_vma=not interpret,
-    )(hidden, weight, bias, targets.astype(jnp.int32), mask, *ref)
-    return api.TokenLogProbs(**out)
+    )(*operands)
+    return logprobs.TokenLogProbs(
+        **{k: v[:n].reshape(lead) for k, v in out.items()})

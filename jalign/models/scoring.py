@@ -5,7 +5,10 @@ keys. The hidden state that predicts response token 0 is the one at the last
 prompt token, so that token is fed as the first completion input rather than
 encoded with the prompt. Hidden states go to ``jalign.kernels`` with the
 output projection: per-token log-probs (and extras such as entropy or KL to
-another head) come back without a ``[tokens, vocab]`` logits tensor.
+another head) come back without a ``[tokens, vocab]`` logits tensor. Under a
+mesh of several devices (the trainer activates one with its logical-axis
+rules around tracing) the op runs per shard: tokens over the mesh axes of the
+``batch`` rule, the vocabulary over the axis of ``act_vocab``.
 
 Batches are dicts as ``jalign.data.collate.Collator`` makes them:
 ``prompt_tokens`` / ``prompt_mask`` ``[B, P]`` (any padding side) and
@@ -18,9 +21,11 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax.core import spmd
 
-from jalign.kernels import TokenLogProbs, sequence_logprobs
+from jalign.kernels import TokenLogProbs, resolve_impl, sequence_logprobs, sharded_sequence_logprobs
 from jalign.models.decoder import OutputProjection
+from jalign.models.layers import logical_to_spec
 
 
 def completion_inputs(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -91,9 +96,38 @@ def frozen(responses: Responses) -> Responses:
                      responses.target_mask, None if responses.layers is None else constant(responses.layers))
 
 
+def kernel_sharding(n_vocab: int) -> dict | None:
+    """How the log-prob op is split over the active mesh, or None for the plain op.
+
+    Reads the abstract mesh (``jax.sharding.get_abstract_mesh``) and the
+    active flax logical-axis rules, and resolves ``("batch", "act_vocab")``
+    like any activation (`layers.logical_to_spec`): tokens over the axes of
+    ``batch``, the vocabulary over the axis of ``act_vocab`` when it divides
+    ``n_vocab`` (else, or when the rule names several axes, every device holds
+    the whole vocabulary). Tokens are padded to their shards, so the mesh size
+    stands in for their count. None with no mesh, one device or no rules.
+
+    Returns:
+      ``dict(mesh=..., token_axes=(...), vocab_axis=str | None)``.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = dict(spmd.get_logical_axis_rules())
+    if mesh.empty or mesh.size == 1 or not rules:
+        return None
+    names = tuple(n if n in rules else None for n in ("batch", "act_vocab"))
+    tokens, vocab = logical_to_spec(names, (mesh.size, n_vocab), mesh, rules)
+    token_axes = () if tokens is None else (tokens,) if isinstance(tokens, str) else tuple(tokens)
+    return dict(mesh=mesh, token_axes=token_axes, vocab_axis=vocab if isinstance(vocab, str) else None)
+
+
 def token_logprobs(responses: Responses, targets: jax.Array, *, extras: Sequence[str] = (),
                    kl_to: Responses | None = None, impl: str = "auto", top_k: int | None = None) -> TokenLogProbs:
     """Per-token log pi(target) ``[B, G, R]`` and the requested kernel extras.
+
+    Under an active mesh of several devices (see :func:`kernel_sharding`) the
+    fused op runs under ``shard_map``, so Pallas kernels run per shard and no
+    ``[tokens, vocab]`` buffer exists; ``impl="naive"`` (tests, benchmarks)
+    always runs unsharded.
 
     Args:
       responses: the scored decoder's hidden states and head.
@@ -104,10 +138,14 @@ def token_logprobs(responses: Responses, targets: jax.Array, *, extras: Sequence
       top_k: k for the top-k extras.
     """
     head = responses.head
-    other = {} if kl_to is None else dict(ref_hidden=kl_to.hidden, ref_weight=kl_to.head.kernel,
-                                          ref_bias=kl_to.head.bias)
-    return sequence_logprobs(responses.hidden, head.kernel, targets, responses.target_mask, bias=head.bias,
-                             softcap=head.softcap, extras=tuple(extras), top_k=top_k, impl=impl, **other)
+    kw = dict(bias=head.bias, softcap=head.softcap, extras=tuple(extras), top_k=top_k, impl=impl)
+    if kl_to is not None:
+        kw.update(ref_hidden=kl_to.hidden, ref_weight=kl_to.head.kernel, ref_bias=kl_to.head.bias)
+    sharding = None if resolve_impl(impl) == "naive" else kernel_sharding(head.kernel.shape[1])
+    if sharding is None:
+        return sequence_logprobs(responses.hidden, head.kernel, targets, responses.target_mask, **kw)
+    return sharded_sequence_logprobs(responses.hidden, head.kernel, targets, responses.target_mask,
+                                     **sharding, **kw)
 
 
 def score(model: Any, batch: dict, *, impl: str = "auto") -> tuple[jax.Array, jax.Array]:

@@ -1,6 +1,6 @@
 """Random problems and comparisons shared by the kernel tests.
 
-The reference for every number is `naive_sequence_logprobs`: full
+The reference for every number is `reference_logprobs` (impl "naive"): full
 ``jax.nn.log_softmax(hidden @ W + b)`` logits, extras from their closed forms
 over the whole vocabulary, gradients from plain autodiff.
 """
@@ -77,6 +77,46 @@ def log_prob_sq_sum_reference(prob, *, softcap=None):
     logp = jax.nn.log_softmax(z)
     return jnp.where(prob["mask"], jax.nn.logsumexp(2.0 * logp, axis=-1),
                      0.0)
+
+
+def mixed_precision_problem(seed, n, h, v):
+    """bf16 hidden states (policy and reference) with fp32 weights and bias:
+    bf16 compute with fp32 master parameters."""
+    prob = make_problem(seed, n, h, v, scale=4.0)
+    for key in ("hidden", "ref_hidden"):
+        prob[key] = prob[key].astype(jnp.bfloat16)
+    return prob
+
+
+def mixed_precision_reference(prob):
+    """Log-probs ``[N]`` (0 where masked) of `mixed_precision_problem`: the
+    weight rounded to bf16 (the compute dtype), then fp32 products and sums
+    with `jax.nn` directly (bf16 products are exact in fp32)."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    z = jnp.dot(f32(prob["hidden"]), f32(prob["weight"].astype(jnp.bfloat16)),
+                precision=jax.lax.Precision.HIGHEST) + prob["bias"]
+    logp = jax.nn.log_softmax(z)
+    picked = jnp.take_along_axis(logp, prob["targets"][:, None], axis=1)[:, 0]
+    return jnp.where(prob["mask"], picked, 0.0)
+
+
+def assert_mixed_precision(impl, **kw):
+    """`mixed_precision_problem` through ``impl``: log-probs equal
+    `mixed_precision_reference` (1e-4), every extra is finite, and the
+    gradients come back in each operand's dtype (hidden bf16, weight and bias
+    fp32)."""
+    prob = mixed_precision_problem(11, 37, 16, 203)
+    out = run(prob, impl, **kw)
+    np.testing.assert_allclose(np.asarray(out.logprobs),
+                               np.asarray(mixed_precision_reference(prob)),
+                               rtol=1e-4, atol=1e-4)
+    for f in FIELDS:
+        assert np.all(np.isfinite(np.asarray(getattr(out, f)))), f
+    args = (prob["hidden"], prob["weight"], prob["bias"])
+    grads = jax.grad(weighted_loss(impl, prob, **kw), argnums=(0, 1, 2))(*args)
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32,
+                                        jnp.float32]
+    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
 
 
 def assert_outputs_close(got, want, *, rtol, atol):

@@ -1,4 +1,4 @@
-"""The chunked XLA op against full logits (`naive_sequence_logprobs`)."""
+"""The chunked XLA op against full logits (`reference_logprobs`)."""
 
 import chex
 import jax
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from jalign.kernels import TokenLogProbs, resolve_impl, sequence_logprobs
-from kernel_problems import (assert_grads_close, assert_outputs_close,
-                             make_problem, run)
+from kernel_problems import (assert_grads_close, assert_mixed_precision,
+                             assert_outputs_close, make_problem, run)
 
 # Small tiles so that every shape below spans several row and column blocks
 # with ragged edges (V and N not multiples of the tiles). Most tests share
@@ -61,6 +61,15 @@ def test_bf16_inputs():
     got = run(prob, "chunked", **TILES)
     assert_outputs_close(got, want, rtol=1e-4, atol=1e-4)
     assert_grads_close("chunked", prob, rtol=1e-2, **TILES)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_bf16_hidden_with_fp32_weight(impl):
+    """bf16 compute with fp32 parameters: the fused op and the naive one
+    multiply in hidden's dtype (the weight cast to bf16), equal to fp32 math
+    on the bf16-rounded weight; gradients in each operand's dtype."""
+    assert_mixed_precision(impl, **({"block_n": 8, "block_v": 16}
+                                    if impl == "chunked" else {}))
 
 
 @pytest.mark.parametrize("mask", ["none", "empty", 1, 17])
@@ -179,6 +188,9 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="targets.shape"):
         sequence_logprobs(prob["hidden"], prob["weight"], prob["targets"][1:],
                           prob["mask"])
+    with pytest.raises(ValueError, match="ref_weight=None"):
+        sequence_logprobs(prob["hidden"], prob["weight"], prob["targets"],
+                          prob["mask"], ref_hidden=prob["hidden"])
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ TRITON_CHECK = jax.export.DisabledSafetyCheck.custom_call(
     "__gpu$xla.gpu.triton")
 
 
-def _export(impl, platform, dtype):
+def _export(impl, platform, dtype, param_dtype=None):
     def f(h, w, b, rh, rw, t, m):
         out = sequence_logprobs(h, w, t, m, bias=b, softcap=30.0,
                                 ref_hidden=rh, ref_weight=rw, extras=EXTRAS,
@@ -29,29 +29,37 @@ def _export(impl, platform, dtype):
                        + out.log_prob_sq_sum)
 
     spec = jax.ShapeDtypeStruct
-    args = (spec((N, H), dtype), spec((H, V), dtype), spec((V,), jnp.float32),
-            spec((N, H), dtype), spec((H, V), dtype), spec((N,), jnp.int32),
+    param_dtype = param_dtype or dtype
+    args = (spec((N, H), dtype), spec((H, V), param_dtype),
+            spec((V,), jnp.float32), spec((N, H), dtype),
+            spec((H, V), param_dtype), spec((N,), jnp.int32),
             spec((N,), jnp.bool_))
     fn = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
     return jax.export.export(fn, platforms=[platform],
                              disabled_checks=[TRITON_CHECK])(*args)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_tpu_lowers_for_tpu(dtype):
+# (hidden dtype, weight dtype): bf16 compute with fp32 parameters included.
+DTYPES = [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.bfloat16),
+          (jnp.bfloat16, jnp.float32)]
+
+
+@pytest.mark.parametrize("dtype,param_dtype", DTYPES)
+def test_pallas_tpu_lowers_for_tpu(dtype, param_dtype):
     """Forward and backward export for platforms=['tpu'] with every extra
     (log_prob_sq_sum included); the module holds the Mosaic kernel as a
     tpu_custom_call."""
-    exported = _export("pallas_tpu", "tpu", dtype)
+    exported = _export("pallas_tpu", "tpu", dtype, param_dtype)
     assert exported.platforms == ("tpu",)
     assert "tpu_custom_call" in exported.mlir_module()
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_gpu_lowers_for_cuda(dtype):
+@pytest.mark.parametrize("dtype,param_dtype", DTYPES)
+def test_pallas_gpu_lowers_for_cuda(dtype, param_dtype):
     """Forward and backward export for platforms=['cuda'] with every extra
     (log_prob_sq_sum included); the module holds the Triton kernel as a
-    custom call."""
-    exported = _export("pallas_gpu", "cuda", dtype)
+    custom call. bf16 hidden with an fp32 weight used to fail in Triton's
+    lowering ("a and b must have the same element type")."""
+    exported = _export("pallas_gpu", "cuda", dtype, param_dtype)
     assert exported.platforms == ("cuda",)
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()

@@ -1,4 +1,4 @@
-"""Pallas TPU and GPU kernels against full logits (`naive_sequence_logprobs`).
+"""Pallas TPU and GPU kernels against full logits (`reference_logprobs`).
 
 Each kernel has a test class with ``INTERPRET = False`` that runs on its own
 backend and an interpret-mode subclass that runs the same tests on CPU with
@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernel_problems import (assert_grads_close, assert_outputs_close,
-                             make_problem, run)
+from kernel_problems import (assert_grads_close, assert_mixed_precision,
+                             assert_outputs_close, make_problem, run)
 
 SHAPE = (37, 16, 203)  # ragged N and V against every tile size below
 
@@ -67,6 +67,13 @@ class _PallasKernelTest:
         prob = make_problem(5, *SHAPE, dtype=jnp.bfloat16, scale=4.0)
         assert_outputs_close(self.run(prob), run(prob, "naive"), rtol=1e-4,
                              atol=1e-4)
+
+    def test_bf16_hidden_with_fp32_weight(self):
+        """bf16 compute with fp32 parameters (the GPU kernel used to refuse
+        the mixed dot): log-probs equal fp32 math on the bf16-rounded weight;
+        gradients in each operand's dtype."""
+        assert_mixed_precision(self.IMPL, interpret=self.INTERPRET,
+                               **self.TILES)
 
     def test_vmap(self):
         """vmap over a batch of problems equals the naive values per item."""

@@ -20,7 +20,8 @@ s0 by exp(m - m') and s2 by its square):
     ref_kl   = u / sq0 - (lse_q - lse)               (= KL(q || p))
 
 The functions here are plain `jnp` on per-row vectors ``[n]`` and tiles
-``[n, v]`` so that the same code runs inside Pallas kernels and XLA loops.
+``[n, v]`` so that the same code runs inside Pallas kernels and XLA loops;
+`combine` merges the statistics of vocabulary shards under `shard_map`.
 """
 
 from typing import NamedTuple
@@ -52,23 +53,6 @@ class Stats(NamedTuple):
     sq0: jax.Array | None = None
     u: jax.Array | None = None
     topk: jax.Array | None = None
-
-
-def project(hidden, weight, bias, softcap, precision=None):
-    """Logits of one tile in fp32: ``softcap * tanh((h @ w + b) / softcap)``.
-
-    Args:
-        hidden: ``[n, H]``. weight: ``[H, v]``. bias: ``[v]`` or ``[1, v]``.
-        softcap: a float or None (no capping).
-    Returns:
-        ``[n, v]`` fp32 logits.
-    """
-    y = jnp.dot(hidden, weight, precision=precision,
-                preferred_element_type=jnp.float32)
-    y = y + bias.astype(jnp.float32).reshape(1, -1)
-    if softcap is not None:
-        y = softcap * jnp.tanh(y / softcap)
-    return y
 
 
 def row_fields(*, entropy, sq_sum, with_ref):
