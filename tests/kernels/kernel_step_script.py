@@ -58,9 +58,9 @@ def step_for(cfg: ModelConfig, mesh_name: str, impl: str, data: dict):
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tx = optax.adam(1e-3)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
-    frozen = FrozenModels(reference=params)
+    frozen = FrozenModels(rest=rest, reference=params)
     mesh = make_mesh(MESHES[mesh_name], jax.devices()[:1] if mesh_name == "one" else None)
-    step = make_step(graphdef, rest, tx, Plan(reference="frozen"), impl=impl)
+    step = make_step(graphdef, tx, Plan(reference="frozen"), impl=impl)
     objective = dpo(beta=0.1)
     jitted, _, _ = jit_step(step, mesh, state, frozen, data, objective, tx)
     return jitted, (state, frozen, data, objective)
@@ -96,12 +96,12 @@ def equality() -> dict:
     cfg = config(vocab=128, hidden=32)
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     ref_params = jax.tree.map(lambda x: x * 0.9, params)
-    logprobs = make_logprobs(graphdef, rest, Plan(reference="frozen"), impl="chunked")
+    logprobs = make_logprobs(graphdef, Plan(reference="frozen"), impl="chunked")
     objective = dpo(beta=0.5)
     data = batch(cfg.vocab_size, pairs=4, response=7, seed=1)
 
     def loss(params, ref, data):
-        lp = logprobs(params, FrozenModels(reference=ref), data)
+        lp = logprobs(params, FrozenModels(rest=rest, reference=ref), data)
         return objective(lp)[0], lp.policy
 
     grad = jax.grad(loss, has_aux=True)
