@@ -140,12 +140,17 @@ REWARDS = ("true_reward", "win_rate")
 KL = ("kl_to_reference", "kl/policy_kl")
 
 
-def _metric(row: dict, name: str, prefer_eval: bool = True) -> float:
-    """``name`` from a metrics row, held-out first, matched as a suffix (``dpo/rewards/accuracy``)."""
+def _metric(row: dict, name: str, source: str = "any") -> float:
+    """``name`` from a metrics row, matched as a suffix (``dpo/rewards/accuracy``).
+
+    ``source``: "eval" (held-out only), "train" (training only) or "any"
+    (held-out when present).
+    """
     if name == MARGIN:
-        return _metric(row, "logratio/chosen", prefer_eval) - _metric(row, "logratio/rejected", prefer_eval)
-    keys = [k for k in row if k == name or k.endswith("/" + name)]
-    keys.sort(key=lambda k: (not k.startswith("eval/")) if prefer_eval else k.startswith("eval/"))
+        return _metric(row, "logratio/chosen", source) - _metric(row, "logratio/rejected", source)
+    keys = [k for k in row if (k == name or k.endswith("/" + name))
+            and {"eval": k.startswith("eval/"), "train": not k.startswith("eval/"), "any": True}[source]]
+    keys.sort(key=lambda k: not k.startswith("eval/"))
     for key in keys:
         try:
             return float(row[key])
@@ -185,18 +190,19 @@ def _first(row: dict, names: tuple[str, ...]) -> float:
 
 
 def _plot_curves(rows: list[dict], out_dir: pathlib.Path, shown: tuple[str, ...]) -> None:
-    """Held-out (else training) metrics over steps, one line per point."""
+    """Held-out metrics over steps (training ones for a run without held-out data), one line per point."""
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    held_out = any(k.startswith("eval/") for row in rows for k in row)
     for row in rows:
         history = _curves(out_dir / row["point"])
         steps = [h["step"] for h in history]
         for ax, metric in zip(axes[0], shown):
-            values = [_metric(h, metric) for h in history]
+            values = [_metric(h, metric, "eval" if held_out else "train") for h in history]
             keep = [(s, v) for s, v in zip(steps, values) if v == v]
             if keep:
                 ax.plot(*zip(*keep), marker=".", label=row["point"])
     for ax, metric in zip(axes[0], shown):
-        ax.set_title(f"held-out {metric}" if any("eval/" in k for r in rows for k in r) else metric)
+        ax.set_title(f"held-out {metric}" if held_out else f"training-batch {metric}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
