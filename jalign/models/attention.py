@@ -56,10 +56,12 @@ class KeyBlock(NamedTuple):
 
 
 def attend(q: jax.Array, blocks: list[KeyBlock], q_pos: jax.Array, q_idx: jax.Array, *,
-           scale: float, softcap: float | None, window: int | None) -> jax.Array:
+           scale: float, softcap: float | None, window: jax.Array | int | None) -> jax.Array:
     """Softmax attention of q [B, G, T, K, R, D] over key blocks -> [B, G, T, K, R, D].
 
     Scores, soft-capping (``cap * tanh(s / cap)``) and the softmax are fp32.
+    ``window`` is None (no window) or an int32 scalar, possibly traced (the
+    layer's window inside the scan over layers).
     """
     scores = []
     for blk in blocks:
@@ -88,7 +90,7 @@ def attend(q: jax.Array, blocks: list[KeyBlock], q_pos: jax.Array, q_idx: jax.Ar
 class Attention(nnx.Module):
     """Multi-head attention with the family switches of `ModelConfig`."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, n, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.q_proj = Projection("E", "NH", (e,), (n, d), ("embed", "heads", "head_dim"),
@@ -102,15 +104,16 @@ class Attention(nnx.Module):
         self.q_norm = Norm(d, cfg, kind="rms", rngs=rngs) if cfg.qk_norm else None
         self.k_norm = Norm(d, cfg, kind="rms", rngs=rngs) if cfg.qk_norm else None
         self.kv_heads, self.head_dim = k, d
-        self.scale, self.softcap, self.window = cfg.scale, cfg.attn_softcap, cfg.window(layer)
+        self.scale, self.softcap = cfg.scale, cfg.attn_softcap
         self.rope = cfg.positions == "rope"
 
     def __call__(self, x: jax.Array, ctx: Context, inv_freq: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None):
+                 kv: tuple[jax.Array, jax.Array] | None, window: jax.Array | None):
         """x [B, G, T, E] -> ([B, G, T, E], keys/values to keep).
 
         ``kv`` is None (own tokens only), a prompt's (k, v) [B, S, K, D] shared
         over G, or a cache's (k, v) [B, S, K, D] when ``ctx.write_at`` is set.
+        ``window``: this layer's sliding window (int32 scalar) or None.
         Returns own (k, v) [B, G, T, K, D], or the updated cache in cache mode.
         """
         q = self.q_proj(x)                                                 # [B, G, T, N, D]
@@ -135,5 +138,5 @@ class Attention(nnx.Module):
         b, g, t, n, d = q.shape
         q = q.reshape(b, g, t, self.kv_heads, n // self.kv_heads, d)      # [B, G, T, K, R, D]
         out = attend(q, blocks, ctx.q_pos, ctx.q_idx, scale=self.scale,
-                     softcap=self.softcap, window=self.window)
+                     softcap=self.softcap, window=window)
         return self.o_proj(out.reshape(b, g, t, n, d)), keep

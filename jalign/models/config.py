@@ -14,6 +14,13 @@ from typing import Any
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 
+# Remat policies: "none" keeps every activation; "full" recomputes each block in the backward pass
+# (jax.checkpoint_policies.nothing_saveable); "dots" keeps the outputs of the weight matmuls and
+# recomputes the rest (dots_with_no_batch_dims_saveable: the attention score/value products have batch
+# dimensions and are recomputed); "dots_all" keeps every matmul output (checkpoint_dots).
+REMAT_POLICIES = ("none", "full", "dots", "dots_all")
+_REMAT_ALIASES = {False: "none", True: "full"}
+
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu": "gelu", "gelu_fast": "gelu_tanh"}
 
@@ -60,9 +67,13 @@ class ModelConfig:
     pad_token_id: int | None = None    # pad_token_id
     dtype: str = "float32"             # compute dtype of activations (not in HF)
     param_dtype: str = "float32"       # storage dtype of parameters (HF dtype)
-    remat: bool = False                # rematerialise each block in the backward pass
+    remat: str = "none"                # what a block keeps for the backward pass: one of REMAT_POLICIES
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):       # older configs and call sites wrote remat=True/False
+            object.__setattr__(self, "remat", _REMAT_ALIASES[self.remat])
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {REMAT_POLICIES}")
         if self.model_type not in FAMILIES:
             raise ValueError(f"unknown model_type {self.model_type!r}; expected one of {FAMILIES}")
         if self.num_heads % self.num_kv_heads:
@@ -79,6 +90,10 @@ class ModelConfig:
         if self.layer_types:
             return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
         return self.sliding_window
+
+    def windows(self) -> tuple[int | None, ...]:
+        """`window` of every layer, in order."""
+        return tuple(self.window(i) for i in range(self.num_layers))
 
     @property
     def scale(self) -> float:

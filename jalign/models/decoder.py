@@ -10,6 +10,13 @@ Three ways to run it, all through the same blocks:
 * ``init_cache`` then ``decode``: a fixed-size KV cache for generation
   (`jalign.models.sampling`).
 
+The L blocks are one `Block` whose parameters carry a leading layer axis
+(logical name "layers"), run by ``jax.lax.scan``: the block is traced once,
+so the program and its compile time do not grow with depth. What differs
+between layers (the sliding window of Gemma 2's alternating layers) is a
+per-layer array scanned alongside the parameters. ``cfg.remat`` names the
+``jax.checkpoint`` policy applied to each block.
+
 Padding may be left or right; positions default to ``cumsum(mask) - 1``.
 """
 
@@ -19,22 +26,32 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jalign.models.attention import Attention, Context
 from jalign.models.config import ModelConfig
 from jalign.models.layers import MLP, Norm, Projection, constrain, param, rope_frequencies
 
+# A full-attention layer among sliding-window ones: q_pos - k_pos is always below this.
+_NO_WINDOW = np.iinfo(np.int32).max
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.checkpoint_dots,
+}
+
 
 class PromptCache(NamedTuple):
     """Keys/values of an encoded prompt (also the generation KV cache).
 
-    k, v: per layer [B, S, K, D]; positions [B, S] int32; valid [B, S] bool;
-    length: int32 scalar, the number of filled slots.
+    k, v: stacked over layers [L, B, S, K, D]; positions [B, S] int32;
+    valid [B, S] bool; length: int32 scalar, the number of filled slots.
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     positions: jax.Array
     valid: jax.Array
     length: jax.Array
@@ -56,18 +73,18 @@ def default_positions(mask: jax.Array) -> jax.Array:
 class Block(nnx.Module):
     """Pre-norm residual block; Gemma 2 adds norms after attention and MLP."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e = cfg.hidden_size
         self.input_norm = Norm(e, cfg, rngs=rngs)
-        self.attn = Attention(cfg, layer, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = Norm(e, cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
         self.post_attn_norm = Norm(e, cfg, rngs=rngs) if cfg.post_norms else None
         self.post_mlp_norm = Norm(e, cfg, rngs=rngs) if cfg.post_norms else None
 
-    def __call__(self, x, ctx: Context, inv_freq, kv):
+    def __call__(self, x, ctx: Context, inv_freq, kv, window):
         """x [B, G, T, E] -> ([B, G, T, E], kept keys/values; see `Attention`)."""
-        h, kv = self.attn(self.input_norm(x), ctx, inv_freq, kv)
+        h, kv = self.attn(self.input_norm(x), ctx, inv_freq, kv, window)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = x + h
@@ -77,11 +94,13 @@ class Block(nnx.Module):
         return constrain(x + h, ("batch", None, "length", "act_embed")), kv
 
 
-def _call_block(block: Block, x, ctx, inv_freq, kv):
-    return block(x, ctx, inv_freq, kv)
-
-
-_call_block_remat = nnx.remat(_call_block)
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """``cfg.num_layers`` independently initialised blocks as one `Block` with [L, ...] parameters."""
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def build(rngs):
+        return Block(cfg, rngs=rngs)
+    return build(rngs)
 
 
 class Decoder(nnx.Module):
@@ -93,7 +112,7 @@ class Decoder(nnx.Module):
         self.embed = param(rngs, (v, e), ("vocab", "embed"), cfg.param_dtype)
         self.pos_embed = (param(rngs, (cfg.max_positions, e), ("positions", "embed"),
                                 cfg.param_dtype) if cfg.positions == "learned" else None)
-        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+        self.layers = stacked_blocks(cfg, rngs)
         self.final_norm = Norm(e, cfg, rngs=rngs)
         self.lm_head = None if cfg.tie_embeddings else Projection(
             "E", "V", (e,), (v,), ("embed", "vocab"), bias=False, dtype=cfg.dtype,
@@ -121,22 +140,36 @@ class Decoder(nnx.Module):
             x = x + self.pos_embed[...][positions].astype(self.cfg.dtype)
         return x
 
-    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str):
-        """tokens [B, G, T] -> (logits [B, G, T, V], hidden, or per-layer states; kept k/v per layer).
+    def _windows(self) -> jax.Array | None:
+        """Per-layer sliding windows [L] int32, or None when no layer has one."""
+        windows = self.cfg.windows()
+        if all(w is None for w in windows):
+            return None
+        return jnp.asarray([_NO_WINDOW if w is None else w for w in windows], jnp.int32)
 
+    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str, *, keep_kv: bool = False):
+        """tokens [B, G, T] -> (logits [B, G, T, V], hidden, or per-layer states; kept k/v or None).
+
+        ``kvs``: None, or per-layer (k, v) [L, B, S, K, D] (a prompt's or a cache's).
         ``return_hidden="layers"`` returns every block's output ``[L, B, G, T, E]``
         (the residual stream before the final norm) instead of the final hidden states.
+        ``keep_kv`` also returns each layer's kept (k, v), stacked [L, ...].
         """
         x = constrain(self._embed(tokens, ctx.q_pos), ("batch", None, "length", "act_embed"))
         inv_freq = rope_frequencies(self.cfg)
-        call = _call_block_remat if self.cfg.remat else _call_block
-        kept, states = [], []
-        for i, block in enumerate(self.layers):
-            x, kv = call(block, x, ctx, inv_freq, None if kvs is None else kvs[i])
-            kept.append(kv)
-            states.append(x)
+        graphdef, layers = nnx.split(self.layers)
+
+        def body(x, per_layer):
+            layer, window, kv = per_layer
+            x, kept = nnx.merge(graphdef, layer)(x, ctx, inv_freq, kv, window)
+            return x, (kept if keep_kv else None, x if return_hidden == "layers" else None)
+
+        if self.cfg.remat != "none":
+            # prevent_cse=False: inside scan, jax.checkpoint need not guard against CSE (its docs).
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        x, (kept, states) = jax.lax.scan(body, x, (layers, self._windows(), kvs))
         if return_hidden == "layers":
-            return jnp.stack(states), kept
+            return states, kept
         x = self.final_norm(x)
         return (x if return_hidden else self.logits(x)), kept
 
@@ -154,9 +187,9 @@ class Decoder(nnx.Module):
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
         positions = default_positions(mask)
         ctx = Context(positions[:, None], jnp.arange(tokens.shape[1]), mask[:, None])
-        _, kept = self._run(tokens[:, None], ctx, None, return_hidden=True)
-        return PromptCache(tuple(k[:, 0] for k, _ in kept), tuple(v[:, 0] for _, v in kept),
-                           positions, mask, jnp.asarray(tokens.shape[1], jnp.int32))
+        _, (k, v) = self._run(tokens[:, None], ctx, None, return_hidden=True, keep_kv=True)
+        return PromptCache(k[:, :, 0], v[:, :, 0], positions, mask,                # [L, B, P, K, D]
+                           jnp.asarray(tokens.shape[1], jnp.int32))
 
     def forward_completions(self, prompt: PromptCache, tokens: jax.Array,
                             mask: jax.Array | None = None, *, return_hidden: bool | str = False):
@@ -173,13 +206,13 @@ class Decoder(nnx.Module):
         q_idx = prompt.length + jnp.arange(tokens.shape[-1])
         ctx = Context(positions, q_idx, mask, prompt.positions,
                       jnp.arange(prompt.valid.shape[1]), prompt.valid)
-        out, _ = self._run(tokens, ctx, list(zip(prompt.k, prompt.v)), return_hidden)
+        out, _ = self._run(tokens, ctx, (prompt.k, prompt.v), return_hidden)
         return out
 
     def init_cache(self, batch: int, size: int) -> PromptCache:
-        """An empty KV cache of ``size`` slots per row."""
-        shape = (batch, size, self.cfg.num_kv_heads, self.cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, self.cfg.dtype) for _ in range(self.cfg.num_layers))
+        """An empty KV cache of ``size`` slots per row, [L, batch, size, K, D] keys and values."""
+        shape = (self.cfg.num_layers, batch, size, self.cfg.num_kv_heads, self.cfg.head_dim)
+        zeros = jnp.zeros(shape, self.cfg.dtype)
         return PromptCache(zeros, zeros, jnp.zeros((batch, size), jnp.int32),
                            jnp.zeros((batch, size), bool), jnp.asarray(0, jnp.int32))
 
@@ -192,7 +225,6 @@ class Decoder(nnx.Module):
         kv_valid = jax.lax.dynamic_update_slice(cache.valid, mask.astype(bool), (0, at))
         ctx = Context(positions[:, None], at + jnp.arange(t), mask[:, None].astype(bool),
                       kv_pos, jnp.arange(cache.valid.shape[1]), kv_valid, at)
-        logits, kept = self._run(tokens[:, None], ctx, list(zip(cache.k, cache.v)), False)
-        new = PromptCache(tuple(k for k, _ in kept), tuple(v for _, v in kept),
-                          kv_pos, kv_valid, at + t)
+        logits, (k, v) = self._run(tokens[:, None], ctx, (cache.k, cache.v), False, keep_kv=True)
+        new = PromptCache(k, v, kv_pos, kv_valid, at + t)
         return logits[:, 0], new

@@ -37,28 +37,37 @@ def _targets(model: nnx.Module, patterns: tuple[str, ...]):
             yield dotted, module
 
 
+def _layer_axes(proj: Projection) -> int:
+    """How many leading layer axes ``proj.kernel`` has beyond its own (1 inside the stacked blocks)."""
+    return proj.kernel.ndim - len(proj.names)
+
+
 def add_lora(model: nnx.Module, *, rank: int, alpha: float,
              targets: tuple[str, ...] = ("q_proj", "v_proj"), rngs: nnx.Rngs) -> list[str]:
     """Attaches adapters in place; returns the dotted paths of adapted projections.
 
     ``targets`` are fnmatch patterns on the projection name ("q_proj") or
-    path ("layers.0.mlp.*"). A has logical axes (input names..., "lora"),
-    B ("lora", output names...).
+    path ("layers.mlp.*"). A has logical axes (input names..., "lora"),
+    B ("lora", output names...), each after the kernel's leading layer axis
+    when it has one (the stacked blocks: every layer gets its own adapter).
     """
     adapted = []
     for dotted, proj in _targets(model, targets):
+        lead = _layer_axes(proj)
         n_in = len(proj.in_axes)
         shape = proj.kernel.shape
-        in_shape, out_shape = shape[:n_in], shape[n_in:]
+        layers, in_shape, out_shape = shape[:lead], shape[lead:lead + n_in], shape[lead + n_in:]
+        layer_names = proj.kernel.get_metadata()["out_sharding"][:lead]
         dtype = proj.kernel[...].dtype
-        a = jax.random.normal(rngs.params(), in_shape + (rank,), dtype) / math.sqrt(
+        a = jax.random.normal(rngs.params(), layers + in_shape + (rank,), dtype) / math.sqrt(
             math.prod(in_shape))
-        proj.lora_a = nnx.LoRAParam(a, out_sharding=proj.names[:n_in] + ("lora",),
+        proj.lora_a = nnx.LoRAParam(a, out_sharding=layer_names + proj.names[:n_in] + ("lora",),
                                     eager_sharding=False)
-        proj.lora_b = nnx.LoRAParam(jnp.zeros((rank,) + out_shape, dtype),
-                                    out_sharding=("lora",) + proj.names[n_in:],
+        proj.lora_b = nnx.LoRAParam(jnp.zeros(layers + (rank,) + out_shape, dtype),
+                                    out_sharding=layer_names + ("lora",) + proj.names[n_in:],
                                     eager_sharding=False)
-        proj.lora_scale = LoRAScale(jnp.asarray(alpha / rank, jnp.float32))
+        # One scale per layer, so that every variable of the stacked blocks has the layer axis to scan over.
+        proj.lora_scale = LoRAScale(jnp.full(layers, alpha / rank, jnp.float32))
         adapted.append(dotted)
     if not adapted:
         raise ValueError(f"no projection matches {targets}")
@@ -81,10 +90,15 @@ def merge(model: nnx.Module) -> nnx.Module:
     for _, proj in _targets(model, ("*",)):
         if proj.lora_a is None:
             continue
-        a = proj.lora_a[...].astype(jnp.float32)
-        b = proj.lora_b[...].astype(jnp.float32)
-        delta = jnp.tensordot(a, b, axes=1) * proj.lora_scale[...]           # [in..., out...]
+        lead = _layer_axes(proj)
         kernel = proj.kernel[...]
+        layers = kernel.shape[:lead]
+        a = proj.lora_a[...].astype(jnp.float32)                            # [L.., in..., r]
+        b = proj.lora_b[...].astype(jnp.float32)                            # [L.., r, out...]
+        rank = a.shape[-1]
+        delta = a.reshape(layers + (-1, rank)) @ b.reshape(layers + (rank, -1))  # [L.., in, out]
+        scale = proj.lora_scale[...].reshape(layers + (1, 1))
+        delta = (delta * scale).reshape(kernel.shape)                       # [L.., in..., out...]
         proj.kernel.set_value((kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
         proj.lora_a = proj.lora_b = proj.lora_scale = None
     return model
