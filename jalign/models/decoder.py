@@ -36,6 +36,9 @@ from jalign.models.layers import MLP, Norm, Projection, constrain, param, rope_f
 # A full-attention layer among sliding-window ones: q_pos - k_pos is always below this.
 _NO_WINDOW = np.iinfo(np.int32).max
 
+# Logical axes of the residual stream [B, G, T, E]: each block's output and so the scan's carry.
+_RESIDUAL = ("batch", None, "length", "act_embed")
+
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -91,7 +94,7 @@ class Block(nnx.Module):
         h = self.mlp(self.mlp_norm(x))
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
-        return constrain(x + h, ("batch", None, "length", "act_embed")), kv
+        return constrain(x + h, _RESIDUAL), kv
 
 
 def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -155,7 +158,8 @@ class Decoder(nnx.Module):
         (the residual stream before the final norm) instead of the final hidden states.
         ``keep_kv`` also returns each layer's kept (k, v), stacked [L, ...].
         """
-        x = constrain(self._embed(tokens, ctx.q_pos), ("batch", None, "length", "act_embed"))
+        # The carry enters the scan with the layout each block gives it (an explicit mesh checks).
+        x = constrain(self._embed(tokens, ctx.q_pos), _RESIDUAL)
         inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
 

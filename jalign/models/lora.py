@@ -1,7 +1,7 @@
 """LoRA adapters on chosen projections; the frozen base doubles as the reference.
 
 `add_lora` attaches ``W + (alpha / r) * A @ B`` to every `Projection` whose
-name or dotted path matches a pattern (fnmatch): A [in..., r] random, B
+name or per-layer dotted path matches a pattern (fnmatch): A [in..., r] random, B
 [r, out...] zero, so a fresh adapter leaves the model unchanged. Adapters are
 ``nnx.LoRAParam``; train them with ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)``
 and the base ``nnx.Param`` weights never change.
@@ -28,31 +28,39 @@ class LoRAScale(nnx.Variable):
     """The adapter multiplier alpha / rank (not trained; 0 disables the adapter)."""
 
 
-def _targets(model: nnx.Module, patterns: tuple[str, ...]):
-    for path, module in nnx.iter_modules(model):
-        if not isinstance(module, Projection):
-            continue
-        dotted = ".".join(str(p) for p in path)
-        if any(fnmatch.fnmatch(dotted, p) or fnmatch.fnmatch(str(path[-1]), p) for p in patterns):
-            yield dotted, module
-
-
 def _layer_axes(proj: Projection) -> int:
     """How many leading layer axes ``proj.kernel`` has beyond its own (1 inside the stacked blocks)."""
     return proj.kernel.ndim - len(proj.names)
 
 
+def _projections(model: nnx.Module):
+    """Every `Projection` with its per-layer dotted paths (``layers.{i}.attn.q_proj``; one when unstacked)."""
+    for path, module in nnx.iter_modules(model):
+        if not isinstance(module, Projection):
+            continue
+        dotted = ".".join(str(p) for p in path)
+        if _layer_axes(module):
+            rest = dotted.removeprefix("layers.")
+            yield module, str(path[-1]), [f"layers.{i}.{rest}" for i in range(module.kernel.shape[0])]
+        else:
+            yield module, str(path[-1]), [dotted]
+
+
 def add_lora(model: nnx.Module, *, rank: int, alpha: float,
              targets: tuple[str, ...] = ("q_proj", "v_proj"), rngs: nnx.Rngs) -> list[str]:
-    """Attaches adapters in place; returns the dotted paths of adapted projections.
+    """Attaches adapters in place; returns the per-layer dotted paths of adapted projections.
 
     ``targets`` are fnmatch patterns on the projection name ("q_proj") or
-    path ("layers.mlp.*"). A has logical axes (input names..., "lora"),
-    B ("lora", output names...), each after the kernel's leading layer axis
-    when it has one (the stacked blocks: every layer gets its own adapter).
+    per-layer path ("layers.0.mlp.*"). A has logical axes (input names...,
+    "lora"), B ("lora", output names...), each after the kernel's leading
+    layer axis when it has one: in the stacked blocks every layer gets an
+    adapter, and layers no pattern names get scale 0 (inert).
     """
     adapted = []
-    for dotted, proj in _targets(model, targets):
+    for proj, name, paths in _projections(model):
+        hits = [p for p in paths if any(fnmatch.fnmatch(p, t) or fnmatch.fnmatch(name, t) for t in targets)]
+        if not hits:
+            continue
         lead = _layer_axes(proj)
         n_in = len(proj.in_axes)
         shape = proj.kernel.shape
@@ -66,9 +74,9 @@ def add_lora(model: nnx.Module, *, rank: int, alpha: float,
         proj.lora_b = nnx.LoRAParam(jnp.zeros(layers + (rank,) + out_shape, dtype),
                                     out_sharding=layer_names + ("lora",) + proj.names[n_in:],
                                     eager_sharding=False)
-        # One scale per layer, so that every variable of the stacked blocks has the layer axis to scan over.
-        proj.lora_scale = LoRAScale(jnp.full(layers, alpha / rank, jnp.float32))
-        adapted.append(dotted)
+        scale = [alpha / rank if p in hits else 0.0 for p in paths]
+        proj.lora_scale = LoRAScale(jnp.asarray(scale, jnp.float32).reshape(layers))
+        adapted += hits
     if not adapted:
         raise ValueError(f"no projection matches {targets}")
     return adapted
@@ -87,7 +95,7 @@ def reference_view(model: nnx.Module) -> nnx.Module:
 
 def merge(model: nnx.Module) -> nnx.Module:
     """Folds every adapter into its kernel (in place) and removes it; returns model."""
-    for _, proj in _targets(model, ("*",)):
+    for proj, _, _ in _projections(model):
         if proj.lora_a is None:
             continue
         lead = _layer_axes(proj)

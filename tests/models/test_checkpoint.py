@@ -32,8 +32,8 @@ def test_export_reloads_in_transformers(family, hf_checkpoints, jalign_models, t
     again = load_hf(str(tmp_path))
     assert again.cfg == model.cfg
     np.testing.assert_array_equal(again.embed[...], model.embed[...])
-    np.testing.assert_array_equal(again.layers[1].attn.o_proj.kernel[...],
-                                  model.layers[1].attn.o_proj.kernel[...])
+    np.testing.assert_array_equal(again.layers.attn.o_proj.kernel[...],
+                                  model.layers.attn.o_proj.kernel[...])
 
 
 def _copy_checkpoint(src, dst, edit):

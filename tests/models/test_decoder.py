@@ -9,7 +9,7 @@ from flax import nnx
 from hf_tiny import jit_forward, next_token_logprobs, padded_batch
 from jalign.models import PRESETS, Decoder, load_hf
 
-LOGICAL_NAMES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "positions"}
+LOGICAL_NAMES = {"layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "positions"}
 
 
 @nnx.jit
@@ -81,15 +81,15 @@ def test_logical_rules_map_to_mesh_axes_and_constrain_under_mesh(axis_type, hf_c
     model = load_hf(hf_checkpoints("llama")[0])     # fresh: the mesh run re-places its arrays
     rules = (("batch", "data"), ("embed", "fsdp"), ("vocab", "tensor"), ("heads", "tensor"),
              ("kv_heads", "tensor"), ("mlp", "tensor"), ("head_dim", None), ("norm", None),
-             ("positions", None), ("length", None))
+             ("positions", None), ("length", None), ("layers", None))
     mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
                          axis_types=(getattr(jax.sharding.AxisType, axis_type),) * 3)
     tokens, mask, _ = padded_batch()
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
         sharded = nnx.jit(lambda m, t, k: m(t, k))(model, tokens, mask)
-    assert specs["layers"][0]["attn"]["q_proj"]["kernel"].get_value() == jax.P(
-        "fsdp", "tensor", None)
+    assert specs["layers"]["attn"]["q_proj"]["kernel"].get_value() == jax.P(
+        None, "fsdp", "tensor", None)
     want = jit_forward(jalign_models("llama"), tokens, mask)
     np.testing.assert_allclose(sharded, want, atol=1e-5)
 
@@ -114,7 +114,7 @@ def test_remat_gradients_and_bf16(hf_checkpoints):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *grads)
     fp32 = jit_forward(load_hf(directory), tokens, mask)
     bf16_model = load_hf(directory, dtype="bfloat16", param_dtype="bfloat16")
-    assert bf16_model.layers[0].attn.q_proj.kernel[...].dtype == jnp.bfloat16
+    assert bf16_model.layers.attn.q_proj.kernel[...].dtype == jnp.bfloat16
     bf16 = jit_forward(bf16_model, tokens, mask)
     assert bf16.dtype == jnp.float32
     want, valid = next_token_logprobs(fp32, tokens, mask)

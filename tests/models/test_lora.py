@@ -58,7 +58,10 @@ def test_zero_initialised_adapters_are_identity(lora_setup):
     want, valid = next_token_logprobs(jit_forward(base, tokens, mask), tokens, mask)
     got, _ = next_token_logprobs(jit_forward(model, tokens, mask), tokens, mask)
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-6, rtol=0)
-    assert model.layers[1].mlp.down_proj.lora_a.get_metadata()["out_sharding"] == ("mlp", "lora")
+    down = model.layers.mlp.down_proj
+    assert down.lora_a.get_metadata()["out_sharding"] == ("layers", "mlp", "lora")
+    # Stacked layers: layer 0's MLP has an adapter too, inert (scale 0) since no pattern names it.
+    np.testing.assert_array_equal(down.lora_scale[...], [0.0, 8.0 / 4])
 
 
 def test_training_updates_adapters_only(lora_setup, tmp_path):
@@ -78,7 +81,7 @@ def test_training_updates_adapters_only(lora_setup, tmp_path):
     assert losses[-1] < losses[0]
     after = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
-    assert np.abs(model.layers[0].attn.q_proj.lora_b[...]).max() > 0
+    assert np.abs(model.layers.attn.q_proj.lora_b[...][0]).max() > 0
 
     policy, reference = _policy_and_reference(model, tokens, mask)
     np.testing.assert_allclose(reference, jit_forward(base, tokens, mask), atol=1e-5)
@@ -95,6 +98,6 @@ def test_training_updates_adapters_only(lora_setup, tmp_path):
     with pytest.raises(ValueError, match="merge"):
         save_hf(model, str(tmp_path))
     merge(model)
-    assert model.layers[0].attn.q_proj.lora_a is None
+    assert model.layers.attn.q_proj.lora_a is None
     np.testing.assert_allclose(model(tokens, mask), policy, atol=1e-4)
     save_hf(model, str(tmp_path))
