@@ -103,12 +103,14 @@ def test_remat_gradients_and_bf16(hf_checkpoints):
     """Remat leaves fp32 gradients unchanged; bf16 log-probs track fp32 ones.
 
     References: the same checkpoint without remat (gradients within 1e-5),
-    and in fp32 (bf16 params and compute within 0.15 nats per token).
+    and in fp32 (bf16 params and compute within 0.15 nats per token). The
+    "full" and "dots" policies are checked on a DPO step in
+    tests/train/test_remat_step.py.
     """
     directory, _ = hf_checkpoints("gemma2")
     tokens, mask, _ = padded_batch()
     grads = []
-    for remat in (False, True):
+    for remat in ("none", "dots_all"):
         model = load_hf(directory, remat=remat)
         grads.append(nnx.jit(nnx.grad(_nll))(model, tokens, mask))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *grads)
@@ -120,3 +122,29 @@ def test_remat_gradients_and_bf16(hf_checkpoints):
     want, valid = next_token_logprobs(fp32, tokens, mask)
     got, _ = next_token_logprobs(bf16, tokens, mask)
     np.testing.assert_allclose(got[valid], want[valid], atol=0.15)
+
+
+def test_remat_field_takes_policy_names_and_booleans():
+    cfg = PRESETS["llama3_2_1b"]()
+    assert cfg.remat == "none"
+    assert cfg.replace(remat=True).remat == "full" and cfg.replace(remat=False).remat == "none"
+    with pytest.raises(ValueError, match="unknown remat policy 'everything'"):
+        cfg.replace(remat="everything")
+
+
+def _grad_equations(num_layers: int) -> int:
+    cfg = PRESETS["gemma2_2b"]().replace(
+        num_layers=num_layers, layer_types=("sliding_attention", "full_attention") * (num_layers // 2),
+        hidden_size=64, num_heads=2, num_kv_heads=1, head_dim=32, mlp_dim=128, vocab_size=256, remat="full")
+    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    tokens = jnp.zeros((2, 8), jnp.int32)
+
+    def loss(p):
+        return nnx.merge(graphdef, p)(tokens).sum()
+    return len(jax.make_jaxpr(jax.grad(loss))(params).eqns)
+
+
+def test_program_size_does_not_grow_with_depth():
+    """The scanned blocks are traced once: 2 and 6 layers give a gradient program of the same size."""
+    assert _grad_equations(2) == _grad_equations(6)
