@@ -16,6 +16,7 @@ mlp         MLP inner width, ``intermediate_size``
 norm        the scale/bias vector of a norm (usually replicated)
 positions   learned position table rows (GPT-2)
 lora        LoRA adapter rank
+layers      the leading axis of the stacked blocks' parameters (scanned over)
 ==========  ============================================================
 
 Activations carry names of their own, so that one rule table can shard a
