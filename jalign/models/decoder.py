@@ -169,7 +169,8 @@ class Decoder(nnx.Module):
             return x, (kept if keep_kv else None, x if return_hidden == "layers" else None)
 
         if self.cfg.remat != "none":
-            # prevent_cse=False: inside scan, jax.checkpoint need not guard against CSE (its docs).
+            # Under scan, XLA cannot merge the recomputation into the forward, so the CSE guard is not needed
+            # (jax.checkpoint's documentation recommends prevent_cse=False there).
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
         x, (kept, states) = jax.lax.scan(body, x, (layers, self._windows(), kvs))
         if return_hidden == "layers":
