@@ -109,12 +109,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, ctx: Context, inv_freq: jax.Array,
                  kv: tuple[jax.Array, jax.Array] | None, window: jax.Array | None):
-        """x [B, G, T, E] -> ([B, G, T, E], keys/values to keep).
+        """x [B, G, T, E] -> ([B, G, T, E], own keys/values (k, v) [B, G, T, K, D]).
 
         ``kv`` is None (own tokens only), a prompt's (k, v) [B, S, K, D] shared
-        over G, or a cache's (k, v) [B, S, K, D] when ``ctx.write_at`` is set.
+        over G, or a cache's (k, v) [B, S, K, D] when ``ctx.write_at`` is set
+        (the queries then see the cache with their own keys written at
+        ``write_at``; the caller stores them in its cache).
         ``window``: this layer's sliding window (int32 scalar) or None.
-        Returns own (k, v) [B, G, T, K, D], or the updated cache in cache mode.
         """
         q = self.q_proj(x)                                                 # [B, G, T, N, D]
         k, v = self.k_proj(x), self.v_proj(x)                              # [B, G, T, K, D]
@@ -129,14 +130,12 @@ class Attention(nnx.Module):
             k_cache = jax.lax.dynamic_update_slice(kv[0], k[:, 0].astype(kv[0].dtype), start)
             v_cache = jax.lax.dynamic_update_slice(kv[1], v[:, 0].astype(kv[1].dtype), start)
             blocks = [KeyBlock(k_cache, v_cache, ctx.kv_pos, ctx.kv_idx, ctx.kv_valid)]
-            keep = (k_cache, v_cache)
         elif kv is not None:
             blocks = [KeyBlock(kv[0], kv[1], ctx.kv_pos, ctx.kv_idx, ctx.kv_valid), own]
-            keep = (k, v)
         else:
-            blocks, keep = [own], (k, v)
+            blocks = [own]
         b, g, t, n, d = q.shape
         q = q.reshape(b, g, t, self.kv_heads, n // self.kv_heads, d)      # [B, G, T, K, R, D]
         out = attend(q, blocks, ctx.q_pos, ctx.q_idx, scale=self.scale,
                      softcap=self.softcap, window=window)
-        return self.o_proj(out.reshape(b, g, t, n, d)), keep
+        return self.o_proj(out.reshape(b, g, t, n, d)), (k, v)
