@@ -153,38 +153,26 @@ class Decoder(nnx.Module):
     def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str, *, keep_kv: bool = False):
         """tokens [B, G, T] -> (logits [B, G, T, V], hidden, or per-layer states; kept k/v or None).
 
-        ``kvs``: None, a prompt's (k, v) [L, B, S, K, D], or with ``ctx.write_at``
-        a cache's, carried through the scan and updated in place (it is then
-        what is kept). ``return_hidden="layers"`` returns every block's output
-        ``[L, B, G, T, E]`` (the residual stream before the final norm) instead
-        of the final hidden states. ``keep_kv`` keeps each layer's own (k, v),
-        stacked [L, B, G, T, K, D].
+        ``kvs``: None, or a prompt's or cache's (k, v) [L, B, S, K, D], read only.
+        ``return_hidden="layers"`` returns every block's output ``[L, B, G, T, E]``
+        (the residual stream before the final norm) instead of the final hidden states.
+        ``keep_kv`` keeps each layer's own (k, v), stacked [L, B, G, T, K, D].
         """
         # The carry enters the scan with the layout each block gives it (an explicit mesh checks).
         x = constrain(self._embed(tokens, ctx.q_pos), _RESIDUAL)
         inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
-        in_cache = ctx.write_at is not None
 
-        def body(carry, per_layer):
-            x, cache = carry
-            layer, window, kv, i = per_layer
-            if in_cache:
-                kv = (cache[0][i], cache[1][i])                             # [B, S, K, D]
+        def body(x, per_layer):
+            layer, window, kv = per_layer
             x, own = nnx.merge(graphdef, layer)(x, ctx, inv_freq, kv, window)
-            if in_cache:     # only the new slots are written: the cache is updated in place
-                at = (i, 0, ctx.write_at, 0, 0)
-                cache = tuple(jax.lax.dynamic_update_slice(c, o[None, :, 0].astype(c.dtype), at)
-                              for c, o in zip(cache, own))
-            return (x, cache), (own if keep_kv else None, x if return_hidden == "layers" else None)
+            return x, (own if keep_kv else None, x if return_hidden == "layers" else None)
 
         if self.cfg.remat != "none":
             # Under scan, XLA cannot merge the recomputation into the forward, so the CSE guard is not needed
             # (jax.checkpoint's documentation recommends prevent_cse=False there).
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        per_layer = (layers, self._windows(), None if in_cache else kvs, jnp.arange(self.cfg.num_layers))
-        (x, cache), (own, states) = jax.lax.scan(body, (x, kvs if in_cache else None), per_layer)
-        kept = cache if in_cache else own
+        x, (kept, states) = jax.lax.scan(body, x, (layers, self._windows(), kvs))
         if return_hidden == "layers":
             return states, kept
         x = self.final_norm(x)
@@ -242,6 +230,9 @@ class Decoder(nnx.Module):
         kv_valid = jax.lax.dynamic_update_slice(cache.valid, mask.astype(bool), (0, at))
         ctx = Context(positions[:, None], at + jnp.arange(t), mask[:, None].astype(bool),
                       kv_pos, jnp.arange(cache.valid.shape[1]), kv_valid, at)
-        logits, (k, v) = self._run(tokens[:, None], ctx, (cache.k, cache.v), False)
+        logits, own = self._run(tokens[:, None], ctx, (cache.k, cache.v), False, keep_kv=True)
+        # The scan only reads the cache; writing the new slots after it lets XLA update it in place.
+        k, v = (jax.lax.dynamic_update_slice(c, o[:, :, 0].astype(c.dtype), (0, 0, at, 0, 0))
+                for c, o in zip((cache.k, cache.v), own))                  # [L, B, S, K, D]
         new = PromptCache(k, v, kv_pos, kv_valid, at + t)
         return logits[:, 0], new
