@@ -14,9 +14,8 @@ time (a stacked ``[L, ...]`` layer parameter counts as one), plus, when
 saving, the tensors of the shard being written. A loaded parameter goes from
 the host straight to its sharding, each device receiving only its shard.
 
-Layer parameters may be per layer (``layers.{i}.<rest>``) or stacked
-(``layers.<rest>`` with a leading layer axis); the table names per-layer
-paths, and ``layers.{i}.<rest>`` of a stacked model means slice ``i``.
+Layer parameters are stacked (``layers.<rest>`` with a leading layer axis);
+the table names per-layer paths, and ``layers.{i}.<rest>`` means slice ``i``.
 
 Reward models: a ``*ForSequenceClassification`` checkpoint (every family here)
 holds the same decoder, no ``lm_head``, and ``score.weight`` [N, E]. It loads
@@ -232,11 +231,11 @@ def _load_entry(cfg: ModelConfig, entry: Entry, index: dict[str, str],
     return tuple(np.asarray(x) for x in entry.load(cfg, *raw))
 
 
-def _locate(params: Mapping[tuple, object], dotted: str) -> tuple[tuple, int | None]:
-    """Where the table's path ``dotted`` lives: ``(param path, layer)``; layer is None unless the
-    layers are stacked, where ``layers.{i}.<rest>`` is slice ``i`` of ``layers.<rest>``."""
+def _locate(dotted: str) -> tuple[tuple, int | None]:
+    """Where the table's path ``dotted`` lives: ``(param path, layer)``; ``layers.{i}.<rest>`` is
+    slice ``i`` of the stacked ``layers.<rest>``, any other path a whole parameter (layer None)."""
     path = _path(dotted)
-    if path in params or path[0] != "layers":
+    if path[0] != "layers":
         return path, None
     return ("layers",) + path[2:], path[1]
 
@@ -305,7 +304,7 @@ def load_hf(directory: str, *, score_kind: str | None = None, mesh: jax.sharding
     sources: dict[tuple, list] = {}          # parameter path -> [(layer or None, entry, output position)]
     for entry in table:
         for position, dotted in enumerate(entry.paths):
-            path, layer = _locate(targets, dotted)
+            path, layer = _locate(dotted)
             if path not in targets:
                 raise ValueError(f"{directory}: the {cfg.model_type} table names {dotted!r}, not in the model")
             sources.setdefault(path, []).append((layer, entry, position))
@@ -334,7 +333,7 @@ def load_hf(directory: str, *, score_kind: str | None = None, mesh: jax.sharding
 
 def _entry_shape(params: Mapping[tuple, object], dotted: str) -> tuple[int, ...]:
     """The shape of the table path ``dotted`` (one layer's slice of a stacked parameter)."""
-    path, layer = _locate(params, dotted)
+    path, layer = _locate(dotted)
     shape = tuple(params[path].shape)
     return shape if layer is None else shape[1:]
 
@@ -355,7 +354,7 @@ def _hf_config(model: Decoder, pad_token_id: int | None) -> dict:
 
 def _gather(params: Mapping[tuple, nnx.Variable], dotted: str) -> np.ndarray:
     """One table path's value on the host, gathered from its shards (across processes too)."""
-    path, layer = _locate(params, dotted)
+    path, layer = _locate(dotted)
     value = params[path][...]
     value = value if layer is None else value[layer]
     if isinstance(value, jax.Array) and not value.is_fully_addressable:

@@ -33,11 +33,11 @@ def _loss_and_grads(reference: str, remat: str) -> tuple[float, dict]:
         for proj in (model.layers.attn.q_proj, model.layers.attn.v_proj, model.layers.mlp.down_proj):
             proj.lora_b.set_value(0.1 * jax.random.normal(jax.random.key(2), proj.lora_b.shape))
     graphdef, params, rest = nnx.split(model, nnx.LoRAParam if reference == LORA_BASE else nnx.Param, ...)
-    frozen = FrozenModels()
+    frozen = FrozenModels(rest)
     if reference == FROZEN:    # a reference with other weights than the policy
-        frozen = FrozenModels(reference=nnx.state(Decoder(WINDOWED, rngs=nnx.Rngs(3)), nnx.Param))
+        frozen = FrozenModels(rest, reference=nnx.state(Decoder(WINDOWED, rngs=nnx.Rngs(3)), nnx.Param))
     plan, objective, batch = Plan(reference=reference), dpo(beta=0.5), paired_batch()
-    logprobs = make_logprobs(graphdef, rest, plan, impl="chunked")
+    logprobs = make_logprobs(graphdef, plan, impl="chunked")
     loss, grads = jax.jit(jax.value_and_grad(lambda p: objective(logprobs(p, frozen, batch))[0]))(params)
     return float(loss), jax.tree.map(np.asarray, grads)
 
