@@ -125,7 +125,7 @@ def measure(cfg: Config) -> dict:
     model_cfg = ModelConfig("llama", vocab_size=s.vocab, hidden_size=s.hidden, num_layers=s.layers,
                             num_heads=s.heads, num_kv_heads=s.kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp,
                             tie_embeddings=s.tied, dtype="bfloat16", param_dtype="float32",
-                            remat=cfg.remat != "none")
+                            remat=cfg.remat)
     abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     tx = optax.adamw(1e-6)
