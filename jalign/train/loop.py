@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jalign.data import Tokenization, preference_batches, read_preferences
+from jalign.data import Shards, Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
 from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
@@ -186,25 +186,26 @@ def build(exp: Experiment) -> Run:
     read = functools.partial(read_preferences, tokenizer=tokenizer, kind=exp.data.kind,
                              preference_field=exp.data.preference_field, labels=plan.data_labels,
                              on_error=exp.data.on_error, tokenization=tokenization)
-    data = read(exp.data.train)
+    processes = jax.process_count()
+    shards = Shards(exp.data.shards or processes, jax.process_index(), processes)
+    if exp.train.batch_size % shards.count:
+        raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over data.shards={shards.count}")
+    # The sharded reference scores batches that every process holds alike, so it needs every record.
+    data = read(exp.data.train, shards=Shards() if plan.reference == PRECOMPUTED else shards)
     data, eval_data = _held_out(exp, data, read)
     if plan.reference == PRECOMPUTED:
         reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
         precompute = functools.partial(precompute_reference, reference=reference_model, mesh=mesh, rules=rules,
                                        batch_size=exp.train.batch_size, impl=exp.train.logprob_impl)
-        data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
+        data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz").for_shards(shards)
         if eval_data is not None:
             eval_data = precompute(eval_data, cache=pathlib.Path(exp.train.out_dir) / "eval_reference_logprobs.npz")
     guide_graphdef, guide_state = None, None
     if plan.needs_guide:
         guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
                                                         **exp.model.precision()))
-    processes = jax.process_count()
-    if exp.train.batch_size % processes:
-        raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over {processes} processes")
     dataset = preference_batches(data, batch_size=exp.train.batch_size // processes, seed=exp.train.seed,
-                                 shuffle=exp.data.shuffle, num_epochs=None,
-                                 shard_index=jax.process_index(), shard_count=processes)
+                                 shuffle=exp.data.shuffle, num_epochs=None)
     iterator = iter(dataset)
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
@@ -224,21 +225,25 @@ def build(exp: Experiment) -> Run:
 
 
 def _held_out(exp: Experiment, data, read):
-    """``(train, eval)``: a separate eval file, a seeded fraction of the training records, or no eval."""
+    """``(train, eval)``: a separate eval file, a seeded fraction of the training records, or no eval.
+
+    The fraction is chosen among the kept records of all shards, so every
+    process holds out the same ones; every process evaluates all of them.
+    """
     if exp.data.eval:
         return data, read(exp.data.eval)
     if not exp.data.eval_fraction:
         return data, None
     if not 0 < exp.data.eval_fraction < 1:
         raise ValueError(f"data.eval_fraction must be in (0, 1); got {exp.data.eval_fraction}")
-    order = np.random.default_rng(exp.train.seed).permutation(len(data.examples))
+    order = np.random.default_rng(exp.train.seed).permutation(len(data.lengths))
     count = max(1, int(round(exp.data.eval_fraction * len(order))))
-    held = set(order[:count].tolist())
+    held = set(data.lengths[order[:count], 0].tolist())
     if count >= len(order):
         raise ValueError(f"data.eval_fraction={exp.data.eval_fraction} leaves no training records")
-    keep = [e for i, e in enumerate(data.examples) if i not in held]
-    return (dataclasses.replace(data, examples=keep),
-            dataclasses.replace(data, examples=[e for i, e in enumerate(data.examples) if i in held]))
+    if data.shards.process_count > 1:  # the held-out records are spread over the processes' shards
+        return data.without(held), read(exp.data.train, only=held)
+    return data.without(held), data.local().without(set(data.lengths[:, 0].tolist()) - held)
 
 
 def evaluate_held_out(run: Run, exp: Experiment) -> dict[str, float]:
