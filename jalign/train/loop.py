@@ -302,30 +302,34 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     last: dict = {}
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
     done = start
+
+    def finish(step: int, metrics: dict) -> int:
+        """Checks ``step``'s finite flag (waiting for the step), then logs and evaluates what is due."""
+        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate)
+        if row:
+            last.update(row)
+            writer.write(step, row)
+            bar.advance_to(step, row)
+        return step
+
+    pending = None  # the newest step dispatched but not yet checked
     try:
         for step in range(start + 1, end + 1):
             batch = _device_batch(next(run.iterator), run.mesh)
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
-            if not bool(metrics["finite"]):
-                like = abstract_state(run.state)
-                run.state = None  # free the device copy before a checkpoint is read back to verify it
-                raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
-                                         f"updated; {checkpointer.describe_last_good(like)}")
-            done = step
-            row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
-            eval_due = exp.train.eval_every and step % exp.train.eval_every == 0
-            if run.eval_data is not None and (eval_due or step == exp.train.steps):
-                row.update(evaluate_held_out(run, exp))
-            if evaluate is not None and (eval_due or (exp.train.eval_every and step == exp.train.steps)):
-                row.update(evaluate(step, *policy_and_reference(run)))
-            if row:
-                last.update(row)
-                writer.write(step, row)
-                bar.advance_to(step, row)
-            checkpoint_due = exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
-            if checkpoint_due or step == exp.train.steps:
+            # Checked one step behind: the device already holds the next step when the host waits on this flag.
+            if pending is not None:
+                done = finish(*pending)
+            pending = (step, metrics)
+            checkpoint_due = (exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
+                              or step == exp.train.steps)
+            if checkpoint_due or any(_evaluations(run, exp, step, evaluate)):  # they need this state, checked
+                done, pending = finish(step, metrics), None
+            if checkpoint_due:
                 with _ctrl_c_after():
                     checkpointer.save(step, run.state, run.iterator.get_state())
+        if pending is not None:
+            done = finish(*pending)
     except KeyboardInterrupt:
         checkpointer.wait()  # asynchronous saves already started finish, so the message names a real one
         raise TrainingInterrupted(done, checkpointer.latest_step())
@@ -334,6 +338,37 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
         writer.close()
         checkpointer.close()
     return {"metrics": last, "data": run.data_report, "steps": end, "resumed_from": start}
+
+
+def _evaluations(run: Run, exp: Experiment, step: int, evaluate: Evaluate | None) -> tuple[bool, bool]:
+    """Whether ``step`` runs the held-out evaluation, and whether it calls the ``evaluate`` hook."""
+    due = bool(exp.train.eval_every) and step % exp.train.eval_every == 0
+    return (run.eval_data is not None and (due or step == exp.train.steps),
+            evaluate is not None and (due or bool(exp.train.eval_every) and step == exp.train.steps))
+
+
+def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: int, metrics: dict, *, end: int,
+                  evaluate: Evaluate | None) -> dict:
+    """The metrics row of ``step`` (empty when nothing is due), after checking its finite flag.
+
+    Reading the flag waits for the step; metrics are fetched only on log
+    steps. Evaluation, when due, uses ``run.state``, which is then ``step``'s.
+
+    Raises:
+      NonFiniteLossError: the step's loss, gradient norm or updated state was not finite.
+    """
+    if not bool(metrics["finite"]):
+        like = abstract_state(run.state)
+        run.state = None  # free the device copy before a checkpoint is read back to verify it
+        raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
+                                 f"updated; {checkpointer.describe_last_good(like)}")
+    row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
+    held_out, hook = _evaluations(run, exp, step, evaluate)
+    if held_out:
+        row.update(evaluate_held_out(run, exp))
+    if hook:
+        row.update(evaluate(step, *policy_and_reference(run)))
+    return row
 
 
 def _has_checkpoint(directory: pathlib.Path) -> bool:

@@ -32,7 +32,7 @@ WORKER = textwrap.dedent("""
     import tiny_experiment
 
     initialize()
-    exp = tiny_experiment.experiment(pathlib.Path(sys.argv[1]), int(sys.argv[2]))
+    exp = tiny_experiment.experiment(pathlib.Path(sys.argv[1]), int(sys.argv[2]), checkpoint_every=0)
     exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2))
     result = train(exp, progress=False)
     print("REPORT", json.dumps(result["data"]))
