@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jalign.data import Shards, Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
@@ -247,11 +248,27 @@ def _held_out(exp: Experiment, data, read):
 
 
 def evaluate_held_out(run: Run, exp: Experiment) -> dict[str, float]:
-    """The objective's metrics over the whole held-out set (``jalign.train.evaluation``), prefixed ``eval/``."""
+    """The objective's metrics over the whole held-out set (``jalign.train.evaluation``), prefixed ``eval/``.
+
+    Every process holds the whole held-out set and feeds its rows of each
+    batch; the per-example outputs are gathered onto every process.
+    """
     batches = preference_batches(run.eval_data, batch_size=exp.train.batch_size, shuffle=False, num_epochs=1)
-    outputs = (run.eval_fn(run.state.params, run.frozen, _device_batch(batch, run.mesh), exp.objective)
+    outputs = (_gathered(run.eval_fn(run.state.params, run.frozen, _device_batch(_process_rows(batch), run.mesh),
+                                     exp.objective))
                for batch in batches)
     return {f"eval/{k}": v for k, v in aggregate(outputs, run.eval_data.num_responses).items()}
+
+
+def _process_rows(batch: dict) -> dict:
+    """This process's contiguous share of the rows of a batch that every process holds whole."""
+    rows = len(batch["record_index"]) // jax.process_count()
+    return jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
+
+
+def _gathered(outputs):
+    """Outputs sharded over processes, fetched whole onto every process (unchanged on one process)."""
+    return multihost_utils.process_allgather(outputs, tiled=True) if jax.process_count() > 1 else outputs
 
 
 def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:

@@ -8,7 +8,8 @@ feeds its half of every global batch; the single process reads both shards
 and feeds the whole batch. Records differ in length, so each process's rows
 alone would pick different padded shapes (the gloo "collective mismatch" this
 test was written against); the per-step losses must match the single
-process's, which is the independent reference (one device, no collectives).
+process's, which is the independent reference (one device, no collectives),
+and so must the final evaluation of a held-out tenth of the records.
 """
 
 import json
@@ -22,7 +23,7 @@ import textwrap
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-STEPS = 6
+STEPS = 4
 WORKER = textwrap.dedent("""
     import dataclasses, json, pathlib, sys
     sys.path.insert(0, sys.argv[3])
@@ -33,7 +34,7 @@ WORKER = textwrap.dedent("""
 
     initialize()
     exp = tiny_experiment.experiment(pathlib.Path(sys.argv[1]), int(sys.argv[2]), checkpoint_every=0)
-    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2))
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2, eval_fraction=0.1))
     result = train(exp, progress=False)
     print("REPORT", json.dumps(result["data"]))
 """)
@@ -45,9 +46,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _losses(out: pathlib.Path) -> list[float]:
-    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if "loss" in row]
+def _rows(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
 
 
 def _report(stdout: str) -> dict:
@@ -73,9 +73,12 @@ def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
-    expected = _losses(single_out)
-    assert len(expected) == STEPS
-    np.testing.assert_allclose(_losses(multi_out), expected, rtol=2e-5)
+    expected, got = _rows(single_out), _rows(multi_out)
+    assert [row["step"] for row in got] == [row["step"] for row in expected] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([row["loss"] for row in got], [row["loss"] for row in expected], rtol=2e-5)
+    # The held-out records (chosen among all shards) are evaluated whole by every process.
+    assert expected[-1]["eval/loss"] > 0
+    np.testing.assert_allclose(got[-1]["eval/loss"], expected[-1]["eval/loss"], rtol=2e-5)
     # Each process counted only its records; the report is the sum over processes.
     for _, (out, _) in zip(procs, outputs):
         assert _report(out) == _report(single.stdout)
