@@ -191,7 +191,8 @@ def _share(examples: list[TokenizedExample], report: SkipReport, error: Malforme
     """Exchanges what each process read: ``(lengths, None)`` with the counts in ``report`` summed over processes,
     or, when any process met a bad record under ``on_error="raise"``, ``(empty, the source's first one)``."""
     mine = np.full((rows, 3), -1, np.int32)
-    mine[:len(examples)] = [(e.index, len(e.prompt), max(len(r) for r in e.responses)) for e in examples]
+    for row, e in enumerate(examples):
+        mine[row] = e.index, len(e.prompt), max(len(r) for r in e.responses)
     counts = np.array([report.total, report.kept] + [report.skipped[r] for r in REASONS]
                       + [report.truncated[t] for t in _TRUNCATED], np.int32)
     failed = np.array([-1 if error is None else error.index], np.int32)
