@@ -144,3 +144,20 @@ def test_skipped_records_are_counted_over_all_processes(monkeypatch, tmp_path, t
 def test_shards_must_divide_over_processes():
     with pytest.raises(ValueError, match="data.shards=3 must be a positive multiple of the 2 processes"):
         Shards(3, 0, 2)
+
+
+def test_ranked_lists_get_one_g_on_every_process(monkeypatch, tmp_path, tokenizer):
+    """G is the source's first valid list's (3), although process 1's first record (index 1) has 4."""
+    lines = STANDARD.with_name("tiny_ranked.jsonl").read_text().splitlines()
+    four = json.loads(lines[1])
+    four["responses"].append(" Nine.")
+    four["scores"].append(0.0)
+    lines[1] = json.dumps(four)
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    single = read_preferences(path, tokenizer, tokenization=TOKENIZATION, on_error="skip")
+    parts = _read_as_processes(monkeypatch, tokenizer, 2, 2, source=path, on_error="skip")
+    assert single.format.num_responses == 3 and single.report.as_dict()["skipped"] == {"response_count": 1}
+    for part in parts:
+        assert part.format.num_responses == 3 and {len(e.responses) for e in part.examples} == {3}
+        assert part.report.as_dict() == single.report.as_dict()
