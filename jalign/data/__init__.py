@@ -10,6 +10,7 @@ from jalign.data.pipeline import (
     preference_batches,
     read_preferences,
 )
+from jalign.data.shards import Shards
 from jalign.data.sources import (
     HFSource,
     JsonlSource,
@@ -36,7 +37,7 @@ from jalign.data.validation import (
 __all__ = [
     "Collator", "bucket_lengths", "KINDS", "Example", "RecordFormat",
     "detect_kind", "PreferenceData", "preference_batches", "read_preferences",
-    "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
+    "Shards", "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
     "TRUNCATIONS", "TokenizedExample", "Tokenization", "render", "tokenize",
     "REASONS", "DataError", "DataFileError", "Malformed",
     "MalformedRecordError", "SkipReport",

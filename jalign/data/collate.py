@@ -57,8 +57,16 @@ class Collator:
     response_buckets: tuple[int, ...]
     pad_id: int
 
-    def __call__(self, examples: Sequence[TokenizedExample]) -> dict:
+    def __call__(self, examples: Sequence[TokenizedExample], *,
+                 lengths: tuple[int, int] | None = None) -> dict:
         """Pads and stacks ``examples``.
+
+        Args:
+          examples: 1 to ``batch_size`` examples.
+          lengths: the longest prompt and response to pad for, at least those
+            of ``examples`` (each is rounded up to its bucket); default: those
+            of ``examples``. Processes that feed parts of one global batch
+            pass the global batch's, so all pick the same ``P`` and ``R``.
 
         Returns:
           ``prompt_tokens`` int32 ``[B, P]`` (left-padded), ``prompt_mask``
@@ -74,10 +82,13 @@ class Collator:
             raise ValueError(f"got {len(examples)} examples for a batch of "
                              f"{self.batch_size}")
         num_responses = len(examples[0].responses)
-        prompt_len = _bucket(max(len(e.prompt) for e in examples),
-                             self.prompt_buckets, "prompt")
-        response_len = _bucket(max(len(r) for e in examples for r in e.responses),
-                               self.response_buckets, "response")
+        longest = (max(len(e.prompt) for e in examples),
+                   max(len(r) for e in examples for r in e.responses))
+        if lengths is not None and (lengths[0] < longest[0] or lengths[1] < longest[1]):
+            raise ValueError(f"lengths {lengths} are shorter than the examples' {longest}")
+        longest = lengths or longest
+        prompt_len = _bucket(longest[0], self.prompt_buckets, "prompt")
+        response_len = _bucket(longest[1], self.response_buckets, "response")
         shape = (self.batch_size, num_responses, response_len)
         prompt = np.full((self.batch_size, prompt_len), self.pad_id, np.int32)
         prompt_mask = np.zeros((self.batch_size, prompt_len), np.int32)

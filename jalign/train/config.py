@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "data.max_length": Range(2, integer=True),  # a prompt token and a response token
     "data.max_prompt_length": Range(1, integer=True, optional=True),
     "data.eval_fraction": Range(0, 1),
+    "data.shards": Range(1, integer=True, optional=True),
     # > 0: a zero learning rate trains nothing while looking like a run; evaluate a model instead.
     "optimizer.learning_rate": Range(0, low_open=True),
     "optimizer.warmup_steps": Range(0, integer=True),
@@ -150,6 +151,11 @@ class DataSection:
         evaluated every ``train.eval_every`` steps and at the end.
       eval_fraction: without ``eval``, the share of the training records held
         out for evaluation instead (a fixed, seeded choice).
+      shards: the training records are cut into this many shards (record
+        ``i`` in shard ``i % shards``), shuffled each on its own; every process
+        reads and tokenises only its shards. The data order depends on the
+        seed and ``shards``, not on the number of processes, which it must be
+        a multiple of. None: one per process.
     """
 
     train: str = ""
@@ -162,6 +168,7 @@ class DataSection:
     shuffle: bool = True
     eval: str = ""
     eval_fraction: float = 0.0
+    shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

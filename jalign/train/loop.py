@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from jalign.data import Tokenization, preference_batches, read_preferences
+from jalign.data import Shards, Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
 from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
@@ -186,25 +187,26 @@ def build(exp: Experiment) -> Run:
     read = functools.partial(read_preferences, tokenizer=tokenizer, kind=exp.data.kind,
                              preference_field=exp.data.preference_field, labels=plan.data_labels,
                              on_error=exp.data.on_error, tokenization=tokenization)
-    data = read(exp.data.train)
+    processes = jax.process_count()
+    shards = Shards(exp.data.shards or processes, jax.process_index(), processes)
+    if exp.train.batch_size % shards.count:
+        raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over data.shards={shards.count}")
+    # The sharded reference scores batches that every process holds alike, so it needs every record.
+    data = read(exp.data.train, shards=Shards() if plan.reference == PRECOMPUTED else shards)
     data, eval_data = _held_out(exp, data, read)
     if plan.reference == PRECOMPUTED:
         reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
         precompute = functools.partial(precompute_reference, reference=reference_model, mesh=mesh, rules=rules,
                                        batch_size=exp.train.batch_size, impl=exp.train.logprob_impl)
-        data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz")
+        data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz").for_shards(shards)
         if eval_data is not None:
             eval_data = precompute(eval_data, cache=pathlib.Path(exp.train.out_dir) / "eval_reference_logprobs.npz")
     guide_graphdef, guide_state = None, None
     if plan.needs_guide:
         guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
                                                         **exp.model.precision()))
-    processes = jax.process_count()
-    if exp.train.batch_size % processes:
-        raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over {processes} processes")
     dataset = preference_batches(data, batch_size=exp.train.batch_size // processes, seed=exp.train.seed,
-                                 shuffle=exp.data.shuffle, num_epochs=None,
-                                 shard_index=jax.process_index(), shard_count=processes)
+                                 shuffle=exp.data.shuffle, num_epochs=None)
     iterator = iter(dataset)
     updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
     tx = make_optimizer(exp.optimizer, updates)
@@ -224,29 +226,49 @@ def build(exp: Experiment) -> Run:
 
 
 def _held_out(exp: Experiment, data, read):
-    """``(train, eval)``: a separate eval file, a seeded fraction of the training records, or no eval."""
+    """``(train, eval)``: a separate eval file, a seeded fraction of the training records, or no eval.
+
+    The fraction is chosen among the kept records of all shards, so every
+    process holds out the same ones; every process evaluates all of them.
+    """
     if exp.data.eval:
         return data, read(exp.data.eval)
     if not exp.data.eval_fraction:
         return data, None
     if not 0 < exp.data.eval_fraction < 1:
         raise ValueError(f"data.eval_fraction must be in (0, 1); got {exp.data.eval_fraction}")
-    order = np.random.default_rng(exp.train.seed).permutation(len(data.examples))
+    order = np.random.default_rng(exp.train.seed).permutation(len(data.lengths))
     count = max(1, int(round(exp.data.eval_fraction * len(order))))
-    held = set(order[:count].tolist())
+    held = set(data.lengths[order[:count], 0].tolist())
     if count >= len(order):
         raise ValueError(f"data.eval_fraction={exp.data.eval_fraction} leaves no training records")
-    keep = [e for i, e in enumerate(data.examples) if i not in held]
-    return (dataclasses.replace(data, examples=keep),
-            dataclasses.replace(data, examples=[e for i, e in enumerate(data.examples) if i in held]))
+    if data.shards.process_count > 1:  # the held-out records are spread over the processes' shards
+        return data.without(held), read(exp.data.train, only=held)
+    return data.without(held), data.local().without(set(data.lengths[:, 0].tolist()) - held)
 
 
 def evaluate_held_out(run: Run, exp: Experiment) -> dict[str, float]:
-    """The objective's metrics over the whole held-out set (``jalign.train.evaluation``), prefixed ``eval/``."""
+    """The objective's metrics over the whole held-out set (``jalign.train.evaluation``), prefixed ``eval/``.
+
+    Every process holds the whole held-out set and feeds its rows of each
+    batch; the per-example outputs are gathered onto every process.
+    """
     batches = preference_batches(run.eval_data, batch_size=exp.train.batch_size, shuffle=False, num_epochs=1)
-    outputs = (run.eval_fn(run.state.params, run.frozen, _device_batch(batch, run.mesh), exp.objective)
+    outputs = (_gathered(run.eval_fn(run.state.params, run.frozen, _device_batch(_process_rows(batch), run.mesh),
+                                     exp.objective))
                for batch in batches)
     return {f"eval/{k}": v for k, v in aggregate(outputs, run.eval_data.num_responses).items()}
+
+
+def _process_rows(batch: dict) -> dict:
+    """This process's contiguous share of the rows of a batch that every process holds whole."""
+    rows = len(batch["record_index"]) // jax.process_count()
+    return jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
+
+
+def _gathered(outputs):
+    """Outputs sharded over processes, fetched whole onto every process (unchanged on one process)."""
+    return multihost_utils.process_allgather(outputs, tiled=True) if jax.process_count() > 1 else outputs
 
 
 def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
@@ -297,30 +319,34 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     last: dict = {}
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
     done = start
+
+    def finish(step: int, metrics: dict) -> int:
+        """Checks ``step``'s finite flag (waiting for the step), then logs and evaluates what is due."""
+        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate)
+        if row:
+            last.update(row)
+            writer.write(step, row)
+            bar.advance_to(step, row)
+        return step
+
+    pending = None  # the newest step dispatched but not yet checked
     try:
         for step in range(start + 1, end + 1):
             batch = _device_batch(next(run.iterator), run.mesh)
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
-            if not bool(metrics["finite"]):
-                like = abstract_state(run.state)
-                run.state = None  # free the device copy before a checkpoint is read back to verify it
-                raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
-                                         f"updated; {checkpointer.describe_last_good(like)}")
-            done = step
-            row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
-            eval_due = exp.train.eval_every and step % exp.train.eval_every == 0
-            if run.eval_data is not None and (eval_due or step == exp.train.steps):
-                row.update(evaluate_held_out(run, exp))
-            if evaluate is not None and (eval_due or (exp.train.eval_every and step == exp.train.steps)):
-                row.update(evaluate(step, *policy_and_reference(run)))
-            if row:
-                last.update(row)
-                writer.write(step, row)
-                bar.advance_to(step, row)
-            checkpoint_due = exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
-            if checkpoint_due or step == exp.train.steps:
+            # Checked one step behind: the device already holds the next step when the host waits on this flag.
+            if pending is not None:
+                done = finish(*pending)
+            pending = (step, metrics)
+            checkpoint_due = (exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
+                              or step == exp.train.steps)
+            if checkpoint_due or any(_evaluations(run, exp, step, evaluate)):  # they need this state, checked
+                done, pending = finish(step, metrics), None
+            if checkpoint_due:
                 with _ctrl_c_after():
                     checkpointer.save(step, run.state, run.iterator.get_state())
+        if pending is not None:
+            done = finish(*pending)
     except KeyboardInterrupt:
         checkpointer.wait()  # asynchronous saves already started finish, so the message names a real one
         raise TrainingInterrupted(done, checkpointer.latest_step())
@@ -329,6 +355,37 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
         writer.close()
         checkpointer.close()
     return {"metrics": last, "data": run.data_report, "steps": end, "resumed_from": start}
+
+
+def _evaluations(run: Run, exp: Experiment, step: int, evaluate: Evaluate | None) -> tuple[bool, bool]:
+    """Whether ``step`` runs the held-out evaluation, and whether it calls the ``evaluate`` hook."""
+    due = bool(exp.train.eval_every) and step % exp.train.eval_every == 0
+    return (run.eval_data is not None and (due or step == exp.train.steps),
+            evaluate is not None and (due or bool(exp.train.eval_every) and step == exp.train.steps))
+
+
+def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: int, metrics: dict, *, end: int,
+                  evaluate: Evaluate | None) -> dict:
+    """The metrics row of ``step`` (empty when nothing is due), after checking its finite flag.
+
+    Reading the flag waits for the step; metrics are fetched only on log
+    steps. Evaluation, when due, uses ``run.state``, which is then ``step``'s.
+
+    Raises:
+      NonFiniteLossError: the step's loss, gradient norm or updated state was not finite.
+    """
+    if not bool(metrics["finite"]):
+        like = abstract_state(run.state)
+        run.state = None  # free the device copy before a checkpoint is read back to verify it
+        raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
+                                 f"updated; {checkpointer.describe_last_good(like)}")
+    row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
+    held_out, hook = _evaluations(run, exp, step, evaluate)
+    if held_out:
+        row.update(evaluate_held_out(run, exp))
+    if hook:
+        row.update(evaluate(step, *policy_and_reference(run)))
+    return row
 
 
 def _has_checkpoint(directory: pathlib.Path) -> bool:

@@ -192,6 +192,23 @@ def test_learning_rate_1e39_stops_on_the_updated_state_naming_the_last_good_chec
     assert sorted(int(p.name) for p in (diverging / "checkpoints").iterdir() if p.name.isdigit())[-1] == STEPS
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> float32 inf
+def test_a_diverging_step_found_one_step_behind_is_named_and_never_saved(trained, tmp_path):
+    """As above, but step 5 is no checkpoint step: the loop reads its flag only after dispatching step 6.
+    The error still names step 5 and checkpoint 4, and the end-of-run checkpoint is never written."""
+    run, exp, _ = trained
+    diverging = tmp_path / "run"
+    shutil.copytree(run, diverging)
+    exp = fault_experiment.experiment(diverging, pathlib.Path(exp.model.tokenizer), steps=STEPS + 3,
+                                      learning_rate=1e39)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(fault_experiment.with_train(exp, checkpoint_every=0), progress=False, allow_changes=True)
+    message = str(error.value)
+    assert f"at step {STEPS + 1};" in message
+    assert f"last good checkpoint: step {STEPS} in {diverging / 'checkpoints'}" in message
+    assert sorted(int(p.name) for p in (diverging / "checkpoints").iterdir() if p.name.isdigit())[-1] == STEPS
+
+
 def test_beta_1e38_is_refused_by_the_step_for_an_infinite_gradient_norm(trained):
     """beta=1e38 passes the config check (finite, > 0); the loss stays finite (log 2 where the policy is
     its reference) and so does every gradient, but not their norm. Issue 13 saw 6 steps "succeed" so.
