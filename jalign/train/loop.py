@@ -15,6 +15,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -33,7 +34,7 @@ from jalign.sharding import global_batch, make_mesh, state_shardings
 from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
-from jalign.train.optim import make_optimizer
+from jalign.train.optim import learning_rate_schedule, make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
@@ -319,10 +320,13 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     last: dict = {}
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
     done = start
+    window = MetricWindow(exp)
+    say = _say if jax.process_index() == 0 else (lambda text: None)
+    say(startup_summary(run))
 
     def finish(step: int, metrics: dict) -> int:
         """Checks ``step``'s finite flag (waiting for the step), then logs and evaluates what is due."""
-        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate)
+        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate, window=window)
         if row:
             last.update(row)
             writer.write(step, row)
@@ -333,7 +337,13 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     try:
         for step in range(start + 1, end + 1):
             batch = _device_batch(next(run.iterator), run.mesh)
+            if step == start + 1:
+                say("compiling the train step ...")
+                compiling = time.perf_counter()
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
+            if step == start + 1:
+                say(f"compiled in {time.perf_counter() - compiling:.1f} s")
+                window.restart_clock()
             # Checked one step behind: the device already holds the next step when the host waits on this flag.
             if pending is not None:
                 done = finish(*pending)
@@ -365,11 +375,12 @@ def _evaluations(run: Run, exp: Experiment, step: int, evaluate: Evaluate | None
 
 
 def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: int, metrics: dict, *, end: int,
-                  evaluate: Evaluate | None) -> dict:
+                  evaluate: Evaluate | None, window: MetricWindow) -> dict:
     """The metrics row of ``step`` (empty when nothing is due), after checking its finite flag.
 
-    Reading the flag waits for the step; metrics are fetched only on log
-    steps. Evaluation, when due, uses ``run.state``, which is then ``step``'s.
+    Reading the flag waits for the step; the step's metrics join the window
+    on device, which is fetched only on log steps. Evaluation, when due, uses
+    ``run.state``, which is then ``step``'s.
 
     Raises:
       NonFiniteLossError: the step's loss, gradient norm or updated state was not finite.
@@ -379,13 +390,79 @@ def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: i
         run.state = None  # free the device copy before a checkpoint is read back to verify it
         raise NonFiniteLossError(f"{nonfinite_reason(metrics)} at step {step}; the state was not "
                                  f"updated; {checkpointer.describe_last_good(like)}")
-    row = scalars(metrics) if step % exp.train.log_every == 0 or step == end else {}
+    window.add(metrics)
+    row = window.row(step) if step % exp.train.log_every == 0 or step == end else {}
     held_out, hook = _evaluations(run, exp, step, evaluate)
     if held_out:
         row.update(evaluate_held_out(run, exp))
     if hook:
         row.update(evaluate(step, *policy_and_reference(run)))
     return row
+
+
+_add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new))
+
+
+class MetricWindow:
+    """The metrics of the steps since the last log row, summed on device; a row is their mean.
+
+    Adding a step dispatches one small jitted sum and never waits, so only log
+    steps fetch from the device. A row holds each metric's mean over the
+    window (not one batch's value), ``tokens`` (non-padding tokens trained on
+    in the window), ``tokens_per_s`` over the window's wall-clock time (it
+    includes evaluation and checkpoint writes inside the window, not
+    compilation) and ``lr``, the learning rate of the newest update. After a
+    resume the first window holds the steps run since the resume.
+    """
+
+    def __init__(self, exp: Experiment):
+        updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
+        self._schedule = learning_rate_schedule(exp.optimizer, updates)
+        self._accumulation = exp.optimizer.accumulation_steps
+        self._total, self._steps = None, 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self._started = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "finite"}
+        self._total = metrics if self._total is None else _add(self._total, metrics)
+        self._steps += 1
+
+    def row(self, step: int) -> dict:
+        """The window's means (and token counts) as of ``step``; the window starts again."""
+        values = scalars(self._total)
+        seconds = time.perf_counter() - self._started
+        tokens = values.pop("tokens", None)
+        row = {k: v / self._steps for k, v in values.items()}
+        if tokens is not None:
+            row.update(tokens=tokens, tokens_per_s=tokens / max(seconds, 1e-9))
+        row["lr"] = float(self._schedule(max(step // self._accumulation - 1, 0)))
+        self._total, self._steps = None, 0
+        self.restart_clock()
+        return row
+
+
+def startup_summary(run: Run) -> str:
+    """Parameters (total, trainable), reference, data counts, mesh: what a run is about to train."""
+    def count(tree) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+    trainable = count(run.state.params)
+    total = trainable + count(run.frozen.rest)
+    report = run.data_report
+    skipped = sum(report.get("skipped", {}).values()) if isinstance(report.get("skipped"), dict) else 0
+    held_out = "none" if run.eval_data is None else f"{len(run.eval_data.examples)} records"
+    mesh = " x ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
+    return (f"model: {total:,} parameters, {trainable:,} trained; reference: {run.plan.reference}\n"
+            f"data: {report.get('kept', '?')} records kept, {skipped} skipped; held out: {held_out}\n"
+            f"mesh: {mesh} over {run.mesh.size} device(s) ({jax.devices()[0].platform}), "
+            f"{jax.process_count()} process(es)")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _has_checkpoint(directory: pathlib.Path) -> bool:

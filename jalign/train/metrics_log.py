@@ -17,7 +17,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -102,6 +102,15 @@ def _records(path: pathlib.Path) -> list[tuple[dict, str]]:
             continue
         rows.append((row, line))
     return rows
+
+
+# Metrics measured by the clock, which two runs of the same numbers do not share.
+WALL_CLOCK = ("tokens_per_s",)
+
+
+def without_wall_clock(row: Mapping[str, Any]) -> dict:
+    """``row`` less its `WALL_CLOCK` metrics: what a resumed run must reproduce exactly."""
+    return {k: v for k, v in row.items() if k not in WALL_CLOCK}
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

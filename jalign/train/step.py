@@ -153,8 +153,10 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Pl
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
         new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0])
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
         metrics = {**metrics, "grad_norm": grad_norm,
-                   "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0), "finite": finite}
+                   "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0), "finite": finite,
+                   "tokens": jnp.asarray(tokens, jnp.int32)}
         return new, metrics
 
     return step

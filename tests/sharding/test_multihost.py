@@ -9,7 +9,9 @@ and feeds the whole batch. Records differ in length, so each process's rows
 alone would pick different padded shapes (the gloo "collective mismatch" this
 test was written against); the per-step losses must match the single
 process's, which is the independent reference (one device, no collectives),
-and so must the final evaluation of a held-out tenth of the records.
+and so must the final evaluation of a held-out tenth of the records. The
+model runs as the trainer runs it at scale: scanned layers with the ``full``
+remat policy.
 """
 
 import json
@@ -34,7 +36,8 @@ WORKER = textwrap.dedent("""
 
     initialize()
     exp = tiny_experiment.experiment(pathlib.Path(sys.argv[1]), int(sys.argv[2]), checkpoint_every=0)
-    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2, eval_fraction=0.1))
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2, eval_fraction=0.1),
+                              model=dataclasses.replace(exp.model, arch=exp.model.arch.replace(remat="full")))
     result = train(exp, progress=False)
     print("REPORT", json.dumps(result["data"]))
 """)

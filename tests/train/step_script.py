@@ -19,8 +19,10 @@ from jalign.sharding import MeshConfig, global_batch, initialize, make_mesh, pla
 from jalign.train.provider import Plan
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
+# Scanned layers with the full remat policy, as at scale; on a mesh of several devices the log-prob
+# op runs under shard_map.
 CFG = ModelConfig("llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, mlp_dim=64)
+                  head_dim=8, mlp_dim=64, remat="full")
 
 
 def _batch(batch_size=8):
