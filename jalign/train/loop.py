@@ -400,7 +400,12 @@ def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: i
     return row
 
 
-_add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new))
+def _as_number(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.float32) if x.dtype == jnp.bool_ else x
+
+
+_first = jax.jit(lambda new: jax.tree.map(_as_number, new))
+_add = jax.jit(lambda total, new: jax.tree.map(lambda t, x: t + _as_number(x), total, new))
 
 
 class MetricWindow:
@@ -426,8 +431,7 @@ class MetricWindow:
         self._started = time.perf_counter()
 
     def add(self, metrics: dict) -> None:
-        metrics = {k: v for k, v in metrics.items() if k != "finite"}
-        self._total = metrics if self._total is None else _add(self._total, metrics)
+        self._total = _first(metrics) if self._total is None else _add(self._total, metrics)
         self._steps += 1
 
     def row(self, step: int) -> dict:
