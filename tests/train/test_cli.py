@@ -33,16 +33,18 @@ def test_train_rejects_a_typo_listing_valid_fields(tmp_path):
 
 
 def test_sweep_runs_every_point_and_gathers_one_table(tmp_path):
-    """objective=dpo,ipo,dpo+0.2*sft x beta: `beta` reaches IPO as its tau and the composed
+    """objective=ipo,dpo+0.2*sft x beta: `beta` reaches IPO as its tau and the composed
     objective's DPO term as its beta; the table holds held-out metrics, and the plots are written."""
-    out = _jalign("sweep", EXPERIMENT, "--grid", "objective=dpo,ipo,dpo+0.2*sft", "beta=0.1,0.5",
+    out = _jalign("sweep", EXPERIMENT, "--grid", "objective=ipo,dpo+0.2*sft", "beta=0.1,0.5",
                   "--set", "train.steps=2", "--set", "train.log_every=1", "--set", "train.eval_every=1",
                   "--out", str(tmp_path / "sweep"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     with (tmp_path / "sweep" / "sweep.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["objective"], r["beta"]) for r in rows] == [
-        ("dpo", "0.1"), ("dpo", "0.5"), ("ipo", "0.1"), ("ipo", "0.5"), ("dpo+0.2*sft", "0.1"), ("dpo+0.2*sft", "0.5")]
+        ("ipo", "0.1"), ("ipo", "0.5"), ("dpo+0.2*sft", "0.1"), ("dpo+0.2*sft", "0.5")]
+    ipo = json.loads((tmp_path / "sweep" / "objective-ipo_beta-0.5" / "config.json").read_text())
+    assert ipo["objective.tau"] == 0.5
     assert all(float(r["loss"]) > 0 for r in rows)
     assert all(0 <= float(r["eval/rewards/accuracy"] or r["eval/dpo/rewards/accuracy"]) <= 1 for r in rows)
     composed = json.loads((tmp_path / "sweep" / "objective-dpo_plus_0.2xsft_beta-0.5" / "config.json").read_text())

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 HERE = pathlib.Path(__file__).parent
@@ -33,6 +34,7 @@ def _result(stdout: str) -> dict:
     return json.loads([l for l in stdout.splitlines() if l.startswith("RESULT")][0][len("RESULT "):])
 
 
+@pytest.mark.slow  # tests/sharding/test_multihost.py runs two processes on the shipped data by default
 def test_two_processes_match_one_process():
     """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, half the batch each)
     reproduce the losses and parameters of one process running the whole batch on one device."""
