@@ -209,8 +209,7 @@ def build(exp: Experiment) -> Run:
     dataset = preference_batches(data, batch_size=exp.train.batch_size // processes, seed=exp.train.seed,
                                  shuffle=exp.data.shuffle, num_epochs=None)
     iterator = iter(dataset)
-    updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
-    tx = make_optimizer(exp.optimizer, updates)
+    tx = make_optimizer(exp.optimizer, optimizer_updates(exp))
     step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
     eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
                                                    guide_graphdef=guide_graphdef)))
@@ -405,6 +404,11 @@ def _as_number(x: jax.Array) -> jax.Array:
 
 
 _first = jax.jit(lambda new: jax.tree.map(_as_number, new))
+def optimizer_updates(exp: Experiment) -> int:
+    """Optimizer updates in the whole run (micro-steps over accumulation): the schedule's length."""
+    return max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
+
+
 _add = jax.jit(lambda total, new: jax.tree.map(lambda t, x: t + _as_number(x), total, new))
 
 
@@ -421,8 +425,7 @@ class MetricWindow:
     """
 
     def __init__(self, exp: Experiment):
-        updates = max(exp.train.steps // exp.optimizer.accumulation_steps, 1)
-        self._schedule = learning_rate_schedule(exp.optimizer, updates)
+        self._schedule = learning_rate_schedule(exp.optimizer, optimizer_updates(exp))
         self._accumulation = exp.optimizer.accumulation_steps
         self._total, self._steps = None, 0
         self.restart_clock()
@@ -456,11 +459,11 @@ def startup_summary(run: Run) -> str:
     trainable = count(run.state.params)
     total = trainable + count(run.frozen.rest)
     report = run.data_report
-    skipped = sum(report.get("skipped", {}).values()) if isinstance(report.get("skipped"), dict) else 0
+    skipped = sum(report["skipped"].values())
     held_out = "none" if run.eval_data is None else f"{len(run.eval_data.examples)} records"
     mesh = " x ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
     return (f"model: {total:,} parameters, {trainable:,} trained; reference: {run.plan.reference}\n"
-            f"data: {report.get('kept', '?')} records kept, {skipped} skipped; held out: {held_out}\n"
+            f"data: {report['kept']} records kept, {skipped} skipped; held out: {held_out}\n"
             f"mesh: {mesh} over {run.mesh.size} device(s) ({jax.devices()[0].platform}), "
             f"{jax.process_count()} process(es)")
 
