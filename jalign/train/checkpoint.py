@@ -234,7 +234,7 @@ def _check_readable(state_dir: pathlib.Path, expected_arrays: int) -> None:
 
 def _savable(state: TrainState) -> TrainState:
     """PRNG keys are saved as their raw key data."""
-    return TrainState(state.step, state.params, state.opt_state, jax.random.key_data(state.rng))
+    return dataclasses.replace(state, rng=jax.random.key_data(state.rng))
 
 
 def abstract_state(like: TrainState) -> TrainState:
@@ -289,7 +289,7 @@ class Checkpointer:
             digest=ocp.args.JsonRestore()))
         raw, data_state = restored["state"], restored["data"]
         _verify(restored["digest"], raw, data_state)
-        return TrainState(raw.step, raw.params, raw.opt_state, jax.random.wrap_key_data(raw.rng)), data_state
+        return dataclasses.replace(raw, rng=jax.random.wrap_key_data(raw.rng)), data_state
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
         """The verified state of ``step``, placed like ``like`` (same shapes and shardings), and the data state.

@@ -88,6 +88,13 @@ RANGES: dict[str, Range] = {
     "train.checkpoint_every": Range(0, integer=True),  # 0: only at the end
     "train.keep_checkpoints": Range(1, integer=True),
     "train.eval_every": Range(0, integer=True),  # 0: only at the end
+    "online.max_new_tokens": Range(1, integer=True),
+    "online.max_prompt_length": Range(1, integer=True),
+    "online.temperature": Range(0, low_open=True),
+    "online.top_k": Range(1, integer=True, optional=True),
+    "online.top_p": Range(0, 1, low_open=True, high_open=False, optional=True),
+    "online.win_samples": Range(1, integer=True),
+    "online.iteration_steps": Range(0, integer=True),  # 0: one pass over the prompts
 }
 
 
@@ -188,8 +195,9 @@ class TrainSection:
         objective needs ("entropy", "ref_kl", ...).
       eval_every: steps between evaluations of the held-out data
         (``data.eval`` / ``data.eval_fraction``, which is also evaluated at the
-        last step) and calls of the run's ``evaluate`` hook (0: the hook never
-        runs, held-out data only at the end).
+        last step), of an online run's win rate and KL against the reference
+        (also at the last step), and calls of the run's ``evaluate`` hook (0:
+        the hook never runs, the others only at the end).
       reference: "model" runs the reference forward every step (a frozen copy,
         or the LoRA base); "precomputed" scores the data once before training
         and keeps the log-probs with it (no reference weights on device;
@@ -210,6 +218,50 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnlineSection:
+    """Generation in the loop, for objectives whose responses are sampled (``jalign.train.online``).
+
+    Attributes:
+      prompts: a prompt-only file or ``datasets`` directory (TRL's format:
+        ``prompt`` as a string or a list of messages); "" for an offline run.
+      judge: what labels the sampled responses: a
+        ``jalign.train.judges.Judge`` (``FunctionJudge`` over a Python
+        function of texts, ``ModelJudge`` over a preference model), or a local
+        checkpoint directory of a preference model (a reward, pairwise or
+        general preference head; see ``jalign.models.preference_heads``).
+      max_new_tokens: most tokens generated per response (a static shape).
+      max_prompt_length: most prompt tokens; longer prompts keep their end.
+      temperature, top_k, top_p: the sampling distribution. The online
+        objectives' analyses assume samples from the declared policies
+        themselves: temperature 1, no top-k or top-p (the defaults).
+      stop_tokens: strings whose token ends a response (the token is kept
+        and trained on); None: the tokenizer's EOS; (): none, every response
+        is ``max_new_tokens`` long.
+      win_samples: K, the opponent samples per prompt that estimate a win
+        rate P(y ≻ opponent) (SPPO's K = 5, Wu et al. 2024, Sec. 5).
+      iteration_steps: steps between refreshes of the previous iterate
+        (SPPO, INPO); 0: one pass over the prompts, as their papers iterate.
+      on_error: "raise" at the first malformed prompt, or "skip" and count.
+    """
+
+    prompts: str = ""
+    judge: Any = None
+    max_new_tokens: int = 64
+    max_prompt_length: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_tokens: tuple[str, ...] | None = None
+    win_samples: int = 5
+    iteration_steps: int = 0
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.prompts)
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """A complete, declarative training run; building one validates it (:func:`validate`)."""
 
@@ -219,12 +271,13 @@ class Experiment:
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
     train: TrainSection = TrainSection()
+    online: OnlineSection = OnlineSection()
 
     def __post_init__(self):
         validate(self)
 
 
-SECTIONS = ("model", "data", "optimizer", "train")  # the sections this module's schema owns
+SECTIONS = ("model", "data", "optimizer", "train", "online")  # the sections this module's schema owns
 
 
 def validate(exp: Experiment) -> None:

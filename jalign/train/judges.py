@@ -71,6 +71,12 @@ class ModelJudge:
         logit = _pair_logit(self.model.score_head.kind, self.tau)
         self._probability = nnx.jit(lambda model, batch: jax.nn.sigmoid(logit(preference_scores(model, batch))))
 
+    def describe(self) -> str:
+        """What judges (for the saved run config): the head kind and the model's shape, not its weights."""
+        cfg = self.model.cfg
+        return (f"ModelJudge({self.model.score_head.kind} head on {cfg.model_type}, {cfg.num_layers} layers, "
+                f"hidden {cfg.hidden_size}, tau={self.tau})")
+
     def preference(self, prompts, a, b) -> np.ndarray:
         if not len(prompts) == len(a) == len(b):
             raise ValueError(f"prompts, a and b differ in length: {len(prompts)}, {len(a)}, {len(b)}")
@@ -103,6 +109,11 @@ class FunctionJudge:
     def __post_init__(self):
         if self.kind not in ("reward", "preference"):
             raise ValueError(f"kind must be 'reward' or 'preference'; got {self.kind!r}")
+
+    def describe(self) -> str:
+        """What judges (for the saved run config): the function's qualified name and the settings."""
+        fn = getattr(self.fn, "__qualname__", type(self.fn).__qualname__)
+        return f"FunctionJudge({getattr(self.fn, '__module__', '?')}.{fn}, kind={self.kind}, temperature={self.temperature})"
 
     def preference(self, prompts, a, b) -> np.ndarray:
         if self.kind == "preference":

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from jalign.data import Shards, Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
@@ -30,15 +29,17 @@ from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
-from jalign.sharding import global_batch, make_mesh, state_shardings
+from jalign.sharding import make_mesh, state_shardings
 from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
+from jalign.train.online import Rollout
 from jalign.train.optim import learning_rate_schedule, make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
 from jalign.train.evaluation import aggregate, make_eval_step
+from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
 from jalign.train.token_inputs import add_token_mask_head, trainable_filter
 
@@ -64,6 +65,8 @@ class Run:
 
     ``frozen.rest`` holds the policy's untrained state (a LoRA policy's base
     weights), merged with ``graphdef`` and ``state.params`` into the policy.
+    An online run has a ``rollout`` (generation and judging) and its
+    ``iterator`` is the rollout's prompt iterator.
     """
 
     graphdef: Any
@@ -78,6 +81,7 @@ class Run:
     tokenizer: Any
     data_report: dict
     mesh: Any
+    rollout: Rollout | None = None
 
 
 def _create_sharded(make: Callable[..., nnx.Module], mesh, rules, *args) -> nnx.Module:
@@ -143,6 +147,12 @@ def build_model(exp: Experiment, plan: Plan | None, mesh, rules) -> tuple[nnx.Mo
 
 def plan_for(exp: Experiment) -> Plan:
     """The provider's plan for ``exp`` (refuses before any model is built or compiled)."""
+    if exp.online.enabled:
+        if exp.data.train:
+            raise ValueError(f"set either data.train (offline training) or online.prompts (generation in the "
+                             f"loop), not both; got data.train={exp.data.train!r}, online.prompts={exp.online.prompts!r}")
+        return plan_inputs(exp.objective, reference_mode=exp.train.reference, lora=exp.model.lora_rank > 0,
+                           metric_extras=exp.train.extras, online=True)
     source = open_source(exp.data.train)
     kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
@@ -150,18 +160,14 @@ def plan_for(exp: Experiment) -> Plan:
                        metric_extras=exp.train.extras)
 
 
-def _device_batch(batch: dict, mesh) -> dict:
-    batch = {k: v for k, v in batch.items() if k != "record_index"}
-    return global_batch(batch, mesh) if jax.process_count() > 1 else batch
-
-
 def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, frozen_sharding: FrozenModels,
                    seed: int) -> tuple[TrainState, FrozenModels]:
     """The step's first state and frozen models, each created by a jit whose outputs are in their shardings.
 
-    The reference copy is ``jnp.copy`` (a new buffer: the step donates the
-    policy's) and the optimizer state ``tx.init``, both from the sharded
-    parameters; nothing is assembled whole and then placed.
+    The reference copy and the previous iterate are ``jnp.copy`` (new
+    buffers: the step donates the policy's) and the optimizer state
+    ``tx.init``, all from the sharded parameters; nothing is assembled whole
+    and then placed.
     """
     def copy(tree):
         return jax.tree.map(jnp.copy, tree)
@@ -171,7 +177,8 @@ def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, 
                         out_shardings=(sharding.step, sharding.rng))()
     reference = (None if frozen_like.reference is None
                  else jax.jit(copy, out_shardings=frozen_sharding.reference)(params))
-    return (TrainState(step, params, opt_state, rng),
+    previous = None if sharding.previous is None else jax.jit(copy, out_shardings=sharding.previous)(params)
+    return (TrainState(step, params, opt_state, rng, previous),
             dataclasses.replace(frozen_like, reference=reference))
 
 
@@ -183,6 +190,38 @@ def build(exp: Experiment) -> Run:
     heads = (("token_mask_head",) if plan.needs_mask_head else ()) + (("score_head",) if plan.scores else ())
     trainable = trainable_filter(lora=exp.model.lora_rank > 0, heads=heads)
     graphdef, params, rest = nnx.split(model, trainable, ...)
+    tx = make_optimizer(exp.optimizer, optimizer_updates(exp))
+    guide_graphdef, guide_state = None, None
+    if plan.needs_guide:
+        guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
+                                                        **exp.model.precision()))
+    rollout, eval_data = None, None
+    if exp.online.enabled:
+        rollout = Rollout(plan, exp, graphdef, tokenizer, tx, mesh, rules)
+        iterator, data_report, sample = rollout.iterator, rollout.prompts.report.as_dict(), rollout.example_batch()
+    else:
+        dataset, eval_data, data_report = _offline_data(exp, plan, model, tokenizer, mesh, rules)
+        iterator, sample = iter(dataset), dataset[0]
+    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
+    eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
+                                                   guide_graphdef=guide_graphdef)))
+    # Shapes only, for the step's shardings: the real values are then created in them.
+    frozen_like = FrozenModels(rest=rest, reference=params if plan.reference == FROZEN else None, guide=guide_state)
+    state_like = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), jax.random.key(0),
+                                                     p if plan.needs_previous else None), params)
+    sample = device_batch(sample, mesh)
+    jitted, sharding, frozen_sharding = jit_step(step, mesh, state_like, frozen_like, sample, exp.objective, tx,
+                                                 rules)
+    state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
+    return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
+               data_report, mesh, rollout)
+
+
+def _offline_data(exp: Experiment, plan: Plan, model: nnx.Module, tokenizer, mesh, rules):
+    """``(batches, held-out data or None, report)``: the preference data this process feeds, read and tokenised.
+
+    With a precomputed reference the data is scored once here (and cached in ``out_dir``).
+    """
     tokenization = Tokenization(max_length=exp.data.max_length, max_prompt_length=exp.data.max_prompt_length,
                                 truncation=exp.data.truncation)
     read = functools.partial(read_preferences, tokenizer=tokenizer, kind=exp.data.kind,
@@ -202,27 +241,9 @@ def build(exp: Experiment) -> Run:
         data = precompute(data, cache=pathlib.Path(exp.train.out_dir) / "reference_logprobs.npz").for_shards(shards)
         if eval_data is not None:
             eval_data = precompute(eval_data, cache=pathlib.Path(exp.train.out_dir) / "eval_reference_logprobs.npz")
-    guide_graphdef, guide_state = None, None
-    if plan.needs_guide:
-        guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
-                                                        **exp.model.precision()))
     dataset = preference_batches(data, batch_size=exp.train.batch_size // processes, seed=exp.train.seed,
                                  shuffle=exp.data.shuffle, num_epochs=None)
-    iterator = iter(dataset)
-    tx = make_optimizer(exp.optimizer, optimizer_updates(exp))
-    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
-    eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
-                                                   guide_graphdef=guide_graphdef)))
-    # Shapes only, for the step's shardings: the real values are then created in them.
-    frozen_like = FrozenModels(rest=rest, reference=params if plan.reference == FROZEN else None, guide=guide_state)
-    state_like = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p),
-                                                     jax.random.key(0)), params)
-    sample = _device_batch(dataset[0], mesh)
-    jitted, sharding, frozen_sharding = jit_step(step, mesh, state_like, frozen_like, sample, exp.objective, tx,
-                                                 rules)
-    state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
-    return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
-               data.report.as_dict(), mesh)
+    return dataset, eval_data, data.report.as_dict()
 
 
 def _held_out(exp: Experiment, data, read):
@@ -254,21 +275,10 @@ def evaluate_held_out(run: Run, exp: Experiment) -> dict[str, float]:
     batch; the per-example outputs are gathered onto every process.
     """
     batches = preference_batches(run.eval_data, batch_size=exp.train.batch_size, shuffle=False, num_epochs=1)
-    outputs = (_gathered(run.eval_fn(run.state.params, run.frozen, _device_batch(_process_rows(batch), run.mesh),
+    outputs = (gathered(run.eval_fn(run.state.params, run.frozen, device_batch(process_rows(batch), run.mesh),
                                      exp.objective))
                for batch in batches)
     return {f"eval/{k}": v for k, v in aggregate(outputs, run.eval_data.num_responses).items()}
-
-
-def _process_rows(batch: dict) -> dict:
-    """This process's contiguous share of the rows of a batch that every process holds whole."""
-    rows = len(batch["record_index"]) // jax.process_count()
-    return jax.tree.map(lambda x: x[jax.process_index() * rows:(jax.process_index() + 1) * rows], batch)
-
-
-def _gathered(outputs):
-    """Outputs sharded over processes, fetched whole onto every process (unchanged on one process)."""
-    return multihost_utils.process_allgather(outputs, tiled=True) if jax.process_count() > 1 else outputs
 
 
 def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
@@ -335,21 +345,31 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     pending = None  # the newest step dispatched but not yet checked
     try:
         for step in range(start + 1, end + 1):
-            batch = _device_batch(next(run.iterator), run.mesh)
             if step == start + 1:
-                say("compiling the train step ...")
+                say("compiling the train step" + (" and generation" if run.rollout else "") + " ...")
                 compiling = time.perf_counter()
+            if run.rollout is None:
+                batch = device_batch(next(run.iterator), run.mesh)
+            else:
+                run.state, batch = run.rollout(run.state, run.frozen, step, exp.objective)
+            updating = time.perf_counter()
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
+            if run.rollout is not None:  # the next generation needs this update anyway: time it
+                jax.block_until_ready(metrics)
+                run.rollout.add_update_time(time.perf_counter() - updating)
             if step == start + 1:
                 say(f"compiled in {time.perf_counter() - compiling:.1f} s")
                 window.restart_clock()
+                if run.rollout is not None:
+                    run.rollout.restart()
             # Checked one step behind: the device already holds the next step when the host waits on this flag.
             if pending is not None:
                 done = finish(*pending)
             pending = (step, metrics)
             checkpoint_due = (exp.train.checkpoint_every and step % exp.train.checkpoint_every == 0
                               or step == exp.train.steps)
-            if checkpoint_due or any(_evaluations(run, exp, step, evaluate)):  # they need this state, checked
+            # These need this very state, checked (an online step was already waited for).
+            if checkpoint_due or any(_evaluations(run, exp, step, evaluate)) or run.rollout is not None:
                 done, pending = finish(step, metrics), None
             if checkpoint_due:
                 with _ctrl_c_after():
@@ -391,7 +411,12 @@ def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: i
                                  f"updated; {checkpointer.describe_last_good(like)}")
     window.add(metrics)
     row = window.row(step) if step % exp.train.log_every == 0 or step == end else {}
+    if row and run.rollout is not None:
+        row.update(run.rollout.window_row())
     held_out, hook = _evaluations(run, exp, step, evaluate)
+    if run.rollout is not None and (step == exp.train.steps or bool(exp.train.eval_every)
+                                    and step % exp.train.eval_every == 0):
+        row.update(run.rollout.measure(run.state, run.frozen, exp.objective, step))
     if held_out:
         row.update(evaluate_held_out(run, exp))
     if hook:
@@ -462,9 +487,12 @@ def startup_summary(run: Run) -> str:
     skipped = sum(report["skipped"].values())
     held_out = "none" if run.eval_data is None else f"{len(run.eval_data.examples)} records"
     mesh = " x ".join(f"{name}={size}" for name, size in run.mesh.shape.items())
-    return (f"model: {total:,} parameters, {trainable:,} trained; reference: {run.plan.reference}\n"
-            f"data: {report['kept']} records kept, {skipped} skipped; held out: {held_out}\n"
-            f"mesh: {mesh} over {run.mesh.size} device(s) ({jax.devices()[0].platform}), "
+    data = f"data: {report['kept']} records kept, {skipped} skipped; held out: {held_out}\n"
+    if run.rollout is not None:
+        data = (f"prompts: {report['kept']} kept, {skipped} skipped; online: {run.plan.sampling.describe()}; "
+                f"judge: {run.rollout.judge.describe() if hasattr(run.rollout.judge, 'describe') else run.rollout.judge}\n")
+    return (f"model: {total:,} parameters, {trainable:,} trained; reference: {run.plan.reference}\n" + data
+            + f"mesh: {mesh} over {run.mesh.size} device(s) ({jax.devices()[0].platform}), "
             f"{jax.process_count()} process(es)")
 
 

@@ -105,12 +105,13 @@ def _records(path: pathlib.Path) -> list[tuple[dict, str]]:
 
 
 # Metrics measured by the clock, which two runs of the same numbers do not share.
-WALL_CLOCK = ("tokens_per_s",)
+WALL_CLOCK = ("tokens_per_s", "gen/tokens_per_s")
+WALL_CLOCK_PREFIXES = ("time/",)  # an online run's seconds in generation, judging and update, and their shares
 
 
 def without_wall_clock(row: Mapping[str, Any]) -> dict:
-    """``row`` less its `WALL_CLOCK` metrics: what a resumed run must reproduce exactly."""
-    return {k: v for k, v in row.items() if k not in WALL_CLOCK}
+    """``row`` less its wall-clock metrics: what a resumed run must reproduce exactly."""
+    return {k: v for k, v in row.items() if k not in WALL_CLOCK and not k.startswith(WALL_CLOCK_PREFIXES)}
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

@@ -19,7 +19,9 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
 Whatever it cannot supply is refused before anything is compiled, in one
 :class:`RefusedObjective` message naming the objective, each missing input
 and how to provide it. Online objectives, whose responses must be generated
-during training, are refused: a fixed dataset never stands in for them.
+during training, are served only by a run with prompts and a judge
+(``online``; :mod:`jalign.train.online` generates and judges); without them
+they are refused: a fixed dataset never stands in for them.
 :func:`batch_logprobs` then assembles the objective's ``LogProbs`` inside the
 jitted step, following the plan and nothing else.
 """
@@ -36,12 +38,16 @@ from jalign.data.formats import LABEL_FIELDS, intrinsic_labels
 from jalign.models.preference_heads import preference_scores
 from jalign.models.scoring import Responses, encode_responses, frozen, token_logprobs
 from jalign.objectives import LogProbs, Objective
-from jalign.objectives.declaration import ANY, LIST, PAIR, SINGLE, TRIPLE
+from jalign.objectives.declaration import (
+    ANY, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
+)
 from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
 )
 
 NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
+JUDGED_LABELS = ("preference", "win_prob")  # what the online loop's judge provides
+PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iterate
 KERNEL_EXTRAS = ("entropy", "ref_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
 _DATA_KINDS = {PAIR: ("paired",), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
                ANY: ("paired", "ranked", "unpaired")}
@@ -68,6 +74,10 @@ class Plan:
       logprobs: whether the policy's per-token log-probs are computed.
       scores: the preference-model head the trained decoder carries
         (``"reward"``, ``"pairwise"``, ``"embedding"``), or None.
+      sampling: an online objective's declaration (its mixture coefficient
+        left out: it is read from the objective, a traced value), or None.
+      reference_slot: the model whose log-probs fill ``LogProbs.reference``:
+        ``"reference"``, or ``"previous"`` (SPPO's proximal target).
     """
 
     reference: str = NONE
@@ -77,6 +87,14 @@ class Plan:
     mask_extras: tuple[str, ...] = ()
     logprobs: bool = True
     scores: str | None = None
+    sampling: Sampling | None = None
+    reference_slot: str = REFERENCE
+
+    @property
+    def needs_previous(self) -> bool:
+        """Whether the step reads the frozen previous iterate (SPPO's reference slot, INPO's labels)."""
+        drawn = () if self.sampling is None else self.sampling.sources()
+        return self.reference_slot == PREVIOUS or PREVIOUS_LABEL in self.computed_labels or PREVIOUS in drawn
 
     @property
     def needs_guide(self) -> bool:
@@ -95,8 +113,9 @@ def _reference_kind(needed: bool, mode: str, lora: bool) -> str:
     return LORA_BASE if lora else FROZEN
 
 
-def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str], reference_mode: str = "model",
-                lora: bool = False, guide: bool = False, metric_extras: Sequence[str] = ()) -> Plan:
+def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[str] = (),
+                reference_mode: str = "model", lora: bool = False, guide: bool = False,
+                metric_extras: Sequence[str] = (), online: bool = False) -> Plan:
     """Decides the source of every input ``objective`` declares, or refuses.
 
     Args:
@@ -107,17 +126,21 @@ def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str],
       lora: whether the policy trains LoRA adapters over a frozen base.
       guide: whether a guide model is configured (``model.guide``).
       metric_extras: kernel extras wanted for metrics only (``train.extras``).
+      online: the run generates its responses (``online.prompts`` is set);
+        ``data_kind`` and ``columns`` are then unused.
 
     Raises:
       RefusedObjective: one message listing every input that cannot be served.
     """
     name, needs, sampling = objective.name, objective.requires, objective.sampling
+    if online:
+        return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras)
     if sampling is not None:
         raise RefusedObjective(
             f"{name}: its responses are sampled during training ({sampling.describe()}; from "
-            f"{', '.join(sampling.model_sources())}), and `jalign train` has no generation loop yet, so it "
-            "would silently train on the file's fixed pairs instead. Run it in jalign.tabular "
-            "(exact or sampled populations) or choose an offline objective.")
+            f"{', '.join(sampling.model_sources())}); a fixed dataset never stands in for them. Set "
+            "online.prompts (a prompt-only file) and online.judge to train it with generation in the loop, "
+            "or choose an offline objective.")
     missing = []
     if data_kind not in _DATA_KINDS[needs.responses]:
         wanted = " or ".join(_DATA_KINDS[needs.responses])
@@ -171,6 +194,61 @@ def plan_inputs(objective: Objective, *, data_kind: str, columns: Sequence[str],
                 scores=needs.scores)
 
 
+def _response_count_fits(responses: str, count: int) -> bool:
+    return {PAIR: count == 2, SINGLE: count == 1, TRIPLE: count == 3, LIST: count >= 2, ANY: True}[responses]
+
+
+def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str]) -> Plan:
+    """The plan of a run that generates its responses (``online.prompts``), or a refusal naming what is missing.
+
+    The judge labels what the declaration lists (``preference``,
+    ``win_prob``); ``previous_logps`` is computed in the step from the
+    previous iterate. The reference is always a model: besides the
+    objective, the loop measures the policy's win rate against it and the
+    KL between them.
+    """
+    name, needs, sampling = objective.name, objective.requires, objective.sampling
+    if sampling is None:
+        raise RefusedObjective(
+            f"{name} is an offline objective, but online.prompts is set: its inputs come from a preference "
+            "dataset. Unset online.prompts and set data.train, or choose an online objective "
+            "(`jalign objectives` lists their sampling).")
+    missing = []
+    count = len(sampling.responses)
+    if not _response_count_fits(needs.responses, count):
+        missing.append(f"responses={needs.responses!r}: the sampling declaration draws {count} per prompt")
+    if EXTRAPOLATED in sampling.responses:
+        missing.append("responses drawn from the extrapolated policy: the loop draws only win-rate opponents from it")
+    if "preference" in sampling.labels and count != 2:
+        missing.append(f"labels['preference']: a judge compares two responses; the declaration draws {count}")
+    computed = []
+    for key in needs.labels:
+        if key == PREVIOUS_LABEL:
+            computed.append(key)
+        elif key not in JUDGED_LABELS or key not in sampling.labels:
+            missing.append(f"labels[{key!r}]: the online loop provides the judge's {list(JUDGED_LABELS)} "
+                           f"as the declaration lists them ({list(sampling.labels)}) and {PREVIOUS_LABEL!r}")
+    own_extras = set(needs.extras)
+    metric_only = [e for e in metric_extras if e not in own_extras]
+    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
+        missing.append(f"extras[{extra!r}]: no kernel or model of `jalign train` computes it")
+    for extra in metric_only:
+        if extra not in KERNEL_EXTRAS:
+            missing.append(f"train.extras {extra!r}: not a kernel extra; valid: {list(KERNEL_EXTRAS)}")
+    if needs.scores is not None:
+        missing.append(f"{needs.scores} scores: preference models are trained on preference data, offline")
+    if reference_mode == PRECOMPUTED:
+        missing.append("train.reference='precomputed': responses are generated every step, so nothing can be "
+                       "scored before training; set train.reference='model'")
+    if missing:
+        raise RefusedObjective(f"`jalign train` cannot serve {name} online:\n  - " + "\n  - ".join(missing))
+    return Plan(reference=LORA_BASE if lora else FROZEN,
+                kernel_extras=tuple(sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))),
+                computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
+                sampling=dataclasses.replace(sampling, mixture=None),
+                reference_slot=PREVIOUS if sampling.reference == PREVIOUS else REFERENCE)
+
+
 def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:
     """Per-token reference log-probs ``[B, G, R]`` and, from a model, its frozen view."""
     if plan.reference == NONE:
@@ -182,17 +260,20 @@ def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> t
 
 
 def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, *, impl: str = "auto",
-                   guide: Any | None = None, top_k: int | None = None) -> LogProbs:
+                   guide: Any | None = None, previous: Any | None = None, top_k: int | None = None) -> LogProbs:
     """The objective's input for one batch, assembled as ``plan`` says.
 
     Args:
       plan: from :func:`plan_inputs`.
       policy: the trained decoder.
-      reference: the reference decoder (``"frozen"`` and ``"lora_base"`` plans), else ``None``.
+      reference: the decoder filling the reference slot: the reference
+        (``"frozen"`` and ``"lora_base"`` plans) or the previous iterate
+        (``reference_slot="previous"``); else ``None``.
       batch: a collated batch (``jalign.data.collate.Collator``), with
         ``reference_logprobs`` for a ``"precomputed"`` plan.
       impl: the kernel implementation.
       guide: the guide decoder when the plan computes ``guide_log_ratio``.
+      previous: the previous iterate when the plan computes ``previous_logps``.
       top_k: k for the top-k extras.
 
     Returns:
@@ -212,6 +293,10 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
         labels["kl_estimate"] = mismatched_kl_estimate(policy, reference, batch, impl=impl)
     if plan.needs_guide:
         labels[GUIDE_LABEL] = guide_log_ratio(guide, batch, ref_logprobs, impl=impl)
+    if PREVIOUS_LABEL in plan.computed_labels:
+        view = frozen(encode_responses(previous, batch))
+        previous_tokens = token_logprobs(view, batch["response_tokens"], impl=impl).logprobs
+        labels[PREVIOUS_LABEL] = jnp.sum(jnp.where(view.target_mask, previous_tokens, 0.0), axis=-1)
     return LogProbs(
         policy=out.logprobs, mask=own.target_mask.astype(jnp.float32),
         reference=None if ref_logprobs is None else jax.lax.stop_gradient(ref_logprobs),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import re
 import json
 import math
 import os
@@ -58,6 +59,9 @@ def flatten(config: Any, path: str = "") -> dict[str, Any]:
 
     if isinstance(config, Objective):
         return {path: config.name, **_objective_fields(config, path)}
+    describe = getattr(config, "describe", None)
+    if callable(describe) and callable(getattr(config, "preference", None)):  # a judge: what it is, not its weights
+        return {path: describe()}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         flat = {}
         for field in dataclasses.fields(config):
@@ -90,7 +94,7 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "tolist"):  # NumPy / JAX scalars and arrays
         return value.tolist()
-    return repr(value)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # a function's address changes from run to run
 
 
 def changed_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from jalign.models import lora
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
 from jalign.sharding import DEFAULT_RULES, activate, optimizer_shardings, state_shardings
+from jalign.objectives.declaration import PREVIOUS
 from jalign.train.provider import FROZEN, LORA_BASE, Plan, batch_logprobs
 
 
@@ -36,15 +37,20 @@ class TrainState:
       params: the trainable ``nnx.State``.
       opt_state: the optax state.
       rng: a PRNG key for stochastic objectives and sampling.
+      previous: the frozen previous iterate's parameters (like ``params``)
+        for objectives that sample from or regress onto it (SPPO, INPO);
+        else None. Refreshed by the online loop, checkpointed with the rest.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    previous: Any = None
 
 
-jax.tree_util.register_dataclass(TrainState, data_fields=["step", "params", "opt_state", "rng"], meta_fields=[])
+jax.tree_util.register_dataclass(TrainState, data_fields=["step", "params", "opt_state", "rng", "previous"],
+                                 meta_fields=[])
 
 
 def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
@@ -109,24 +115,31 @@ jax.tree_util.register_dataclass(FrozenModels, data_fields=["rest", "reference",
 
 def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
                   guide_graphdef: nnx.GraphDef | None = None) -> Callable:
-    """``logprobs(params, frozen, batch) -> LogProbs`` as the plan says, for the train and eval steps.
+    """``logprobs(params, frozen, batch, previous=None) -> LogProbs`` as the plan says, for the train and eval steps.
 
     ``frozen`` is a :class:`FrozenModels`. The plan decides the reference: a
     frozen copy (``frozen.reference``), the policy itself with LoRA adapters
     disabled (one copy of the base weights serves both), precomputed
-    log-probs in the batch, or none.
+    log-probs in the batch, or none; or, for SPPO's reference slot, the
+    previous iterate (``previous``: parameters like ``params``).
     """
-    def reference_model(policy, frozen: FrozenModels):
+    def previous_model(previous, frozen: FrozenModels):
+        return None if previous is None else nnx.merge(graphdef, previous, frozen.rest)
+
+    def reference_model(policy, frozen: FrozenModels, previous):
+        if plan.reference_slot == PREVIOUS:
+            return previous_model(previous, frozen)
         if plan.reference == LORA_BASE:
             return lora.reference_view(policy)
         if plan.reference == FROZEN:
             return nnx.merge(graphdef, frozen.reference, frozen.rest)
         return None
 
-    def logprobs(params, frozen: FrozenModels, batch) -> LogProbs:
+    def logprobs(params, frozen: FrozenModels, batch, previous=None) -> LogProbs:
         policy = nnx.merge(graphdef, params, frozen.rest)
         guide = None if frozen.guide is None else nnx.merge(guide_graphdef, frozen.guide)
-        return batch_logprobs(plan, policy, reference_model(policy, frozen), batch, impl=impl, guide=guide)
+        return batch_logprobs(plan, policy, reference_model(policy, frozen, previous), batch, impl=impl,
+                              guide=guide, previous=previous_model(previous, frozen))
 
     return logprobs
 
@@ -134,16 +147,10 @@ def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Plan, *,
               impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
     """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted (see :func:`make_logprobs`)."""
-    logprobs = make_logprobs(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
-
-    def loss_fn(params, frozen: FrozenModels, batch, objective: Objective):
-        lp = logprobs(params, frozen, batch)
-        loss, metrics = objective(lp)
-        return loss, {**metrics, **diagnostics(lp)}
+    loss_and_grads = _loss_and_grads(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
 
     def step(state: TrainState, frozen: FrozenModels, batch, objective):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, frozen, batch, objective)
+        (loss, metrics), grads = loss_and_grads(state, frozen, batch, objective)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
@@ -151,7 +158,7 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Pl
         # their sum of squares (beta=1e38); the updated state catches what a finite gradient turns into
         # inf (a learning rate of 1e39).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
-        new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0])
+        new = TrainState(state.step + 1, params, opt_state, jax.random.split(state.rng)[0], state.previous)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         tokens = sum(jnp.sum(v, dtype=jnp.int32) for k, v in batch.items() if k.endswith("_mask"))
         metrics = {**metrics, "grad_norm": grad_norm,
@@ -160,6 +167,40 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Pl
         return new, metrics
 
     return step
+
+
+def _loss_and_grads(graphdef: nnx.GraphDef, plan: Plan, *, impl: str, guide_graphdef: nnx.GraphDef | None):
+    """``(state, frozen, batch, objective) -> ((loss, metrics), grads)`` at ``state.params``."""
+    logprobs = make_logprobs(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
+
+    def loss_fn(params, previous, frozen: FrozenModels, batch, objective: Objective):
+        lp = logprobs(params, frozen, batch, previous)
+        loss, metrics = objective(lp)
+        return loss, {**metrics, **diagnostics(lp)}
+
+    def loss_and_grads(state: TrainState, frozen: FrozenModels, batch, objective):
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.previous, frozen, batch, objective)
+
+    return loss_and_grads
+
+
+def make_half_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Plan, *,
+                   impl: str = "auto") -> Callable:
+    """``half_step(state, frozen, batch, objective) -> params``: EGPO's extrapolation, unjitted.
+
+    One optimizer update of the objective from ``state`` (its optimizer state
+    is used and discarded), as ``jalign.tabular.engine`` takes it: the
+    policy it gives is the win-rate opponent of the real step, whose gradient
+    is taken at ``state.params``.
+    """
+    loss_and_grads = _loss_and_grads(graphdef, plan, impl=impl, guide_graphdef=None)
+
+    def half_step(state: TrainState, frozen: FrozenModels, batch, objective):
+        _, grads = loss_and_grads(state, frozen, batch, objective)
+        updates, _ = tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates)
+
+    return half_step
 
 
 def batch_sharding(mesh: Mesh, batch: dict) -> Any:
@@ -186,7 +227,8 @@ def jit_step(step: Callable, mesh: Mesh, state: TrainState, frozen: FrozenModels
     param_sharding = state_shardings(state.params, mesh, rules)
     state_sharding = TrainState(
         step=replicated, params=param_sharding,
-        opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh, rules), rng=replicated)
+        opt_state=optimizer_shardings(tx, state.params, param_sharding, mesh, rules), rng=replicated,
+        previous=None if state.previous is None else param_sharding)
     frozen_sharding = FrozenModels(
         rest=state_shardings(frozen.rest, mesh, rules),
         reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh, rules),

@@ -219,7 +219,7 @@ def test_beta_1e38_is_refused_by_the_step_for_an_infinite_gradient_norm(trained)
     state = dataclasses.replace(jax.tree.map(jnp.copy, built.state),
                                 params=jax.tree.map(jnp.copy, built.frozen.reference))
     before = [np.asarray(x) for x in jax.tree.leaves((state.step, state.params, state.opt_state))]
-    batch = loop._device_batch(next(built.iterator), built.mesh)
+    batch = loop.device_batch(next(built.iterator), built.mesh)
     after, metrics = built.step_fn(state, built.frozen, batch, dpo(beta=1e38))
     assert not bool(metrics["finite"])
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) == np.inf
