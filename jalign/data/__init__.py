@@ -13,6 +13,7 @@ from jalign.data.pipeline import (
 from jalign.data.shards import Shards
 from jalign.data.sources import (
     HFSource,
+    JsonArraySource,
     JsonlSource,
     ParquetSource,
     TfdsSource,
@@ -21,6 +22,7 @@ from jalign.data.sources import (
 from jalign.data.tokenization import (
     TRUNCATIONS,
     TokenizedExample,
+    Truncation,
     Tokenization,
     render,
     tokenize,
@@ -37,8 +39,8 @@ from jalign.data.validation import (
 __all__ = [
     "Collator", "bucket_lengths", "KINDS", "Example", "RecordFormat",
     "detect_kind", "PreferenceData", "preference_batches", "read_preferences",
-    "Shards", "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
-    "TRUNCATIONS", "TokenizedExample", "Tokenization", "render", "tokenize",
+    "Shards", "HFSource", "JsonArraySource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
+    "TRUNCATIONS", "TokenizedExample", "Truncation", "Tokenization", "render", "tokenize",
     "REASONS", "DataError", "DataFileError", "Malformed",
     "MalformedRecordError", "SkipReport",
 ]

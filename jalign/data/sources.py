@@ -1,4 +1,4 @@
-"""Random-access record sources: JSONL, Parquet, Hugging Face datasets, TFDS.
+"""Random-access record sources: JSONL, JSON, Parquet, Hugging Face datasets, TFDS.
 
 Each source has ``len(source)``, ``source[i]`` (a dict record), a ``name`` for
 error messages (the file), ``columns`` (field names, used to detect the
@@ -71,11 +71,7 @@ class JsonlSource(_Source):
 
     def __init__(self, path: str | os.PathLike):
         self.name = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise DataFileError(self.name, f"cannot read: {e.strerror or e}") from None
+        raw = _read_bytes(self.name)
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise DataFileError(self.name, "is UTF-16 encoded; expected UTF-8 "
                                 "JSON lines")
@@ -90,19 +86,7 @@ class JsonlSource(_Source):
                                 "(one object per line)")
         self._line_numbers = [n for n, _ in lines]
         self._lines = [line for _, line in lines]
-        self.columns = self._all_keys()
-
-    def _all_keys(self) -> tuple[str, ...]:
-        keys, first_error = {}, None
-        for i in range(len(self)):
-            try:
-                keys.update(dict.fromkeys(self[i]))
-            except Malformed as e:
-                first_error = first_error or f"{self.locate(i)}: {e.problem}"
-        if not keys:
-            raise DataFileError(self.name, "no line is a JSON object record; "
-                                f"first: {first_error}")
-        return tuple(keys)
+        self.columns = _record_keys(self, "line")
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -127,6 +111,117 @@ class JsonlSource(_Source):
 
     def locate(self, index: int) -> str:
         return f"record {index} (line {self._line_numbers[index]})"
+
+
+class JsonArraySource(_Source):
+    """A JSON array of records (a ``.json`` file; :func:`open_source` reads
+    one holding JSON lines with :class:`JsonlSource`).
+
+    The array must parse as a whole; an element that is not an object, or an
+    object that names a key twice, is a malformed record (``unparseable``)
+    like a bad JSONL line. ``columns`` are the keys of every record, in order
+    of first appearance; ``locate(i)`` names the element.
+
+    Raises:
+      DataFileError: the file is missing, not UTF-8, not a JSON array (the
+        message has the parser's line and column), or has no object record.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.name = os.fspath(path)
+        text = _read_bytes(self.name).removeprefix(_BOM)
+        try:
+            records = json.loads(text.decode("utf-8"), object_pairs_hook=_marking_repeats)
+        except UnicodeDecodeError as e:
+            raise DataFileError(self.name, f"is not UTF-8 JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise DataFileError(self.name, f"is not a valid JSON array: {e}") from None
+        if not isinstance(records, list):
+            what = "one JSON object" if isinstance(records, dict) else "a single JSON value"
+            raise DataFileError(self.name, f"is {what}; expected a JSON array of records or JSON lines "
+                                "(one object per line)")
+        self._records = records
+        self.columns = _record_keys(self, "element") if records else ()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _read(self, index: int) -> dict:
+        record = self._records[index]
+        if not isinstance(record, dict):
+            raise Malformed("unparseable", None, "expected a JSON object; got "
+                            f"{type(record).__name__}")
+        repeated = _repeated_key(record)
+        if repeated is not None:
+            raise Malformed("unparseable", None, f"a JSON object names the key {repeated!r} twice")
+        return record
+
+    def locate(self, index: int) -> str:
+        return f"record {index} (element {index} of the array)"
+
+
+def _json_file(path: str) -> _Source:
+    """A ``.json`` file: a JSON array (or one pretty-printed object) if it parses as one, else JSON lines."""
+    text = _read_bytes(path).removeprefix(_BOM).lstrip()
+    if text.startswith(b"[") or (text.startswith(b"{") and b"\n" in text.rstrip() and _one_value(text)):
+        return JsonArraySource(path)  # refuses a single object, naming what it expected
+    return JsonlSource(path)
+
+
+def _one_value(text: bytes) -> bool:
+    """Whether ``text`` is a single JSON value (a multi-line object is not JSON lines)."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataFileError(path, f"cannot read: {e.strerror or e}") from None
+
+
+class _RepeatedKey(dict):
+    """What :func:`_marking_repeats` returns for an object naming ``key`` twice."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str):
+        super().__init__(pairs)
+        self.key = key
+
+
+def _marking_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` for a whole array: a repeated key marks its object, failing only its record."""
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    seen = set()
+    return _RepeatedKey(pairs, next(k for k, _ in pairs if k in seen or seen.add(k)))
+
+
+def _repeated_key(value: Any) -> str | None:
+    """The first key some object inside ``value`` names twice, or None."""
+    if isinstance(value, _RepeatedKey):
+        return value.key
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((key for key in map(_repeated_key, children) if key is not None), None)
+
+
+def _record_keys(source: _Source, unit: str) -> tuple[str, ...]:
+    """The keys of every record of a JSON source, in order of first appearance."""
+    keys, first_error = {}, None
+    for i in range(len(source)):
+        try:
+            keys.update(dict.fromkeys(source[i]))
+        except Malformed as e:
+            first_error = first_error or f"{source.locate(i)}: {e.problem}"
+    if not keys:
+        raise DataFileError(source.name, f"no {unit} is a JSON object record; "
+                            f"first: {first_error}")
+    return tuple(keys)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -235,7 +330,7 @@ class HFSource(_Source):
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
                 raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; "
-                                    f"pass split= one of them (got {split!r})")
+                                    f"pass split= (an experiment's data.split) one of them (got {split!r})")
             dataset = dataset[split]
         name = os.fspath(path) + (f"[{split}]" if split else "")
         return cls(dataset, name=name)
@@ -293,8 +388,12 @@ class TfdsSource(_Source):
         except ImportError as e:
             raise ImportError("TFDS sources need tensorflow-datasets: "
                               "pip install 'jalign[tfds]'") from e
-        source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-        return cls(source, name=f"tfds:{dataset}[{split}]")
+        name = f"tfds:{dataset}[{split}]"
+        try:
+            source = tfds.data_source(dataset, split=split, data_dir=data_dir)
+        except Exception as e:  # pylint: disable=broad-except
+            raise DataFileError(name, f"tfds cannot load it: {type(e).__name__}: {e}") from None
+        return cls(source, name=name)
 
     def __len__(self) -> int:
         return len(self._data_source)
@@ -330,44 +429,65 @@ def _unstack(fields: dict) -> dict | list:
     return [_unstack(dict(zip(fields, row))) for row in zip(*columns)]
 
 
-def open_source(source: Any) -> _Source:
-    """A record source from a path or an in-memory dataset.
+def open_source(source: Any, *, split: str | None = None) -> _Source:
+    """A record source from a path, a ``tfds:`` name or an in-memory dataset.
 
-    Accepts a ``.jsonl`` or ``.parquet`` path, a directory written by
-    ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset``, or an existing
-    source (returned unchanged).
+    Accepts a ``.jsonl``, ``.json`` (an array of records, or JSON lines) or
+    ``.parquet`` path, a directory written by ``save_to_disk`` (``split``
+    picks a ``DatasetDict``'s split), ``tfds:NAME/SPLIT`` (a prepared TFDS
+    dataset, ``NAME`` possibly ``name/config:version``, read from
+    ``TFDS_DATA_DIR``), a ``datasets.Dataset``, or an existing source
+    (returned unchanged).
 
     Raises:
       DataFileError: an empty path, a missing file, an unknown file type, a
-        file that cannot be read, or a source with no records.
+        file that cannot be read, a ``tfds:`` name without a split, a
+        ``split`` for something that is not a saved datasets directory, or a
+        source with no records.
       TypeError: an object that is not a known kind of dataset.
     """
-    opened = _open(source)
+    opened = _open(source, split)
     if len(opened) == 0:
         raise DataFileError(opened.name, "has no records")
     return opened
 
 
-def _open(source: Any) -> _Source:
+_FILE_TYPES = {".jsonl": JsonlSource, ".json": _json_file, ".parquet": ParquetSource}
+TFDS_PREFIX = "tfds:"
+
+
+def _open(source: Any, split: str | None) -> _Source:
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        return HFSource.from_disk(source, split)
+    if split is not None:
+        where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "")
+        raise DataFileError(where, f"split={split!r} selects a split of a saved "
+                            "datasets directory; this is not one (a tfds: name carries its split: tfds:NAME/SPLIT)")
     if isinstance(source, _Source):
         return source
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not path:
             raise DataFileError("", "the data path is empty")
-        if os.path.isdir(path):
-            return HFSource.from_disk(path)
+        if path.startswith(TFDS_PREFIX):
+            return _tfds(path)
         if not os.path.exists(path):
             raise DataFileError(path, "no such file or directory")
         ext = os.path.splitext(path)[1]
-        if ext == ".jsonl":
-            return JsonlSource(path)
-        if ext == ".parquet":
-            return ParquetSource(path)
-        raise DataFileError(path, f"unknown data file type {ext!r}; expected "
-                            ".jsonl, .parquet or a saved datasets directory")
+        if ext not in _FILE_TYPES:
+            raise DataFileError(path, f"unknown data file type {ext!r}; expected .jsonl, .json, .parquet, "
+                                "a saved datasets directory or tfds:NAME/SPLIT")
+        return _FILE_TYPES[ext](path)
     hf_datasets = sys.modules.get("datasets")
     if hf_datasets is not None and isinstance(source, hf_datasets.Dataset):
         return HFSource(source, name=source.info.dataset_name
                         or "datasets.Dataset")
     raise TypeError(f"cannot read preference records from {type(source)}")
+
+
+def _tfds(spec: str) -> TfdsSource:
+    """``tfds:NAME/SPLIT``: the split is after the last slash (a name may hold ``/config``)."""
+    name, _, split = spec.removeprefix(TFDS_PREFIX).rpartition("/")
+    if not name or not split:
+        raise DataFileError(spec, "expected tfds:NAME/SPLIT, e.g. tfds:my_prefs/train")
+    return TfdsSource.load(name, split=split)

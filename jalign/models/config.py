@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Literal, get_args
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 
@@ -18,7 +18,8 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 # (jax.checkpoint_policies.nothing_saveable); "dots" keeps the outputs of the weight matmuls and
 # recomputes the rest (dots_with_no_batch_dims_saveable: the attention score/value products have batch
 # dimensions and are recomputed); "dots_all" keeps every matmul output (checkpoint_dots).
-REMAT_POLICIES = ("none", "full", "dots", "dots_all")
+RematPolicy = Literal["none", "full", "dots", "dots_all"]
+REMAT_POLICIES = get_args(RematPolicy)
 _REMAT_ALIASES = {False: "none", True: "full"}
 
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh",
@@ -67,7 +68,7 @@ class ModelConfig:
     pad_token_id: int | None = None    # pad_token_id
     dtype: str = "float32"             # compute dtype of activations (not in HF)
     param_dtype: str = "float32"       # storage dtype of parameters (HF dtype)
-    remat: str = "none"                # what a block keeps for the backward pass: one of REMAT_POLICIES
+    remat: RematPolicy = "none"        # what a block keeps for the backward pass: one of REMAT_POLICIES
 
     def __post_init__(self):
         if isinstance(self.remat, bool):       # older configs and call sites wrote remat=True/False
