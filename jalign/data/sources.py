@@ -329,8 +329,9 @@ class HFSource(_Source):
                                 f"{type(e).__name__}: {e}") from None
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
-                raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; "
-                                    f"pass split= (an experiment's data.split) one of them (got {split!r})")
+                raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; pass split= "
+                                    "(an experiment's data.split or data.eval_split) one of them "
+                                    f"(got {split!r})")
             dataset = dataset[split]
         name = os.fspath(path) + (f"[{split}]" if split else "")
         return cls(dataset, name=name)
