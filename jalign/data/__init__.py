@@ -11,14 +11,8 @@ from jalign.data.pipeline import (
     read_preferences,
 )
 from jalign.data.shards import Shards
-from jalign.data.sources import (
-    HFSource,
-    JsonArraySource,
-    JsonlSource,
-    ParquetSource,
-    TfdsSource,
-    open_source,
-)
+from jalign.data.json_sources import JsonArraySource, JsonlSource
+from jalign.data.sources import HFSource, ParquetSource, TfdsSource, open_source
 from jalign.data.tokenization import (
     TRUNCATIONS,
     TokenizedExample,
