@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jalign.data import Tokenization, Truncation, open_source
+from jalign.data.source_base import Source
 from jalign.kernels import LogprobImpl
 from jalign.models import ModelConfig, RematPolicy
 from jalign.objectives import Objective, Scaled, dpo
@@ -190,11 +191,11 @@ class DataSection:
     split: str | None = None
     eval_split: str | None = None
 
-    def open_train(self) -> Any:
+    def open_train(self) -> Source:
         """The training records' source (``jalign.data.open_source`` of ``train`` with ``split``)."""
         return open_source(self.train, split=self.split)
 
-    def open_eval(self) -> Any:
+    def open_eval(self) -> Source | None:
         """The held-out records' source, or None without a separate eval set (``eval_fraction`` may hold one out)."""
         if not self.eval and self.eval_split is None:
             return None
