@@ -36,31 +36,17 @@ import subprocess
 import sys
 import time
 
+from jalign.models import ModelConfig
+from jalign.models.config import llama3_1_8b, llama3_2_1b
+
 GIB = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    """A Llama-family shape."""
-
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    mlp: int
-    vocab: int
-    tied: bool
-
-
-LLAMA_1B = Shape(layers=16, hidden=2048, heads=32, kv_heads=8, head_dim=64, mlp=8192, vocab=128256, tied=True)
-LLAMA_8B = Shape(layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, mlp=14336, vocab=128256, tied=False)
+LLAMA_1B, LLAMA_8B = llama3_2_1b(), llama3_1_8b()  # the published configurations (jalign.models.PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     name: str
-    shape: Shape
+    shape: ModelConfig
     pairs: int
     data: int = 1
     fsdp: int = 1
@@ -74,8 +60,8 @@ class Config:
         return self.data * self.fsdp * self.tensor
 
 
-def _with(shape: Shape, layers: int) -> Shape:
-    return dataclasses.replace(shape, layers=layers)
+def _with(shape: ModelConfig, layers: int) -> ModelConfig:
+    return shape.replace(num_layers=layers)
 
 
 CONFIGS = [
@@ -99,12 +85,12 @@ CONFIGS = [
 def model_flops(cfg: Config) -> float:
     """Model FLOPs of one DPO step (module docstring): policy fwd+bwd and reference fwd."""
     s = cfg.shape
-    per_layer = (s.hidden * s.head_dim * (s.heads + 2 * s.kv_heads) + s.heads * s.head_dim * s.hidden
-                 + 3 * s.hidden * s.mlp)
-    params = s.layers * per_layer + s.hidden * s.vocab
+    per_layer = (s.hidden_size * s.head_dim * (s.num_heads + 2 * s.num_kv_heads)
+                 + s.num_heads * s.head_dim * s.hidden_size + 3 * s.hidden_size * s.mlp_dim)
+    params = s.num_layers * per_layer + s.hidden_size * s.vocab_size
     tokens = cfg.pairs * (cfg.prompt + 2 * cfg.response)
     length = cfg.prompt + cfg.response
-    attention = 2 * cfg.pairs * 2 * s.layers * length**2 * s.heads * s.head_dim  # QK^T and PV, causal half
+    attention = 2 * cfg.pairs * 2 * s.num_layers * length**2 * s.num_heads * s.head_dim  # QK^T and PV, causal half
     return 8 * params * tokens + 4 * attention
 
 
@@ -115,17 +101,13 @@ def measure(cfg: Config) -> dict:
     import optax
     from flax import nnx
 
-    from jalign.models import Decoder, ModelConfig
+    from jalign.models import Decoder
     from jalign.objectives import dpo
     from jalign.sharding import MeshConfig, make_mesh
     from jalign.train.provider import Plan
     from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
-    s = cfg.shape
-    model_cfg = ModelConfig("llama", vocab_size=s.vocab, hidden_size=s.hidden, num_layers=s.layers,
-                            num_heads=s.heads, num_kv_heads=s.kv_heads, head_dim=s.head_dim, mlp_dim=s.mlp,
-                            tie_embeddings=s.tied, dtype="bfloat16", param_dtype="float32",
-                            remat=cfg.remat)
+    model_cfg = cfg.shape.replace(dtype="bfloat16", param_dtype="float32", remat=cfg.remat)
     abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     tx = optax.adamw(1e-6)

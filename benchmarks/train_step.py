@@ -15,7 +15,7 @@ are not counted. It is printed where the device's dense bf16 peak is known.
 
     python benchmarks/train_step.py                 # CPU defaults, ~2 minutes
     python benchmarks/train_step.py --vocab 128256 --hidden 512 --layers 4 --batch 8
-    python benchmarks/train_step.py --preset llama-1b --batch 8 --prompt 512 --response 512 --dtype bfloat16
+    python benchmarks/train_step.py --preset llama3_2_1b --batch 8 --prompt 512 --response 512 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jalign.models import Decoder, ModelConfig
+from jalign.models import PRESETS, REMAT_POLICIES, Decoder, ModelConfig
 from jalign.objectives import dpo
 from jalign.sharding import MeshConfig, make_mesh
 from jalign.train.provider import Plan
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
 
-def _batch(args) -> dict:
+def _batch(args, vocab: int) -> dict:
     rng = np.random.default_rng(0)
     b, p, r = args.batch, args.prompt, args.response
-    return dict(prompt_tokens=rng.integers(4, args.vocab, (b, p)).astype(np.int32),
+    return dict(prompt_tokens=rng.integers(4, vocab, (b, p)).astype(np.int32),
                 prompt_mask=np.ones((b, p), np.int32),
-                response_tokens=rng.integers(4, args.vocab, (b, 2, r)).astype(np.int32),
+                response_tokens=rng.integers(4, vocab, (b, 2, r)).astype(np.int32),
                 response_mask=np.ones((b, 2, r), np.int32),
                 labels={"example_weight": np.ones(b, np.float32)})
 
@@ -50,16 +50,17 @@ def _batch(args) -> dict:
 # Dense bf16 peak FLOP/s by device kind (vendor data sheets; H100/H200 SXM without sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-PRESETS = {"llama-1b": dict(vocab=128256, hidden=2048, layers=16, heads=32, kv_heads=8, head_dim=64, mlp=8192,
-                            tied=True)}
 
 
 def model_config(args) -> ModelConfig:
+    """``--preset``'s configuration (a `jalign.models.PRESETS` name), else the shape flags' Llama."""
+    precision = dict(dtype=args.dtype, param_dtype=args.param_dtype or args.dtype, remat=args.remat)
+    if args.preset:
+        return PRESETS[args.preset](**precision)
     heads = args.heads or args.hidden // args.head_dim
     return ModelConfig("llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                        num_heads=heads, num_kv_heads=args.kv_heads or max(heads // 2, 1), head_dim=args.head_dim,
-                       mlp_dim=args.mlp or args.hidden * 4, tie_embeddings=args.tied, dtype=args.dtype,
-                       param_dtype=args.param_dtype or args.dtype, remat=args.remat)
+                       mlp_dim=args.mlp or args.hidden * 4, tie_embeddings=args.tied, **precision)
 
 
 def model_flops(cfg: ModelConfig, args) -> float:
@@ -81,7 +82,7 @@ def measure(args, impl: str) -> dict:
     graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     reference = FrozenModels(rest=rest, reference=jax.tree.map(jnp.copy, params))
     tx = optax.adamw(1e-4)
-    batch, objective = _batch(args), dpo(beta=0.1)
+    batch, objective = _batch(args, cfg.vocab_size), dpo(beta=0.1)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(0))
     step = make_step(graphdef, tx, Plan(reference="frozen"), impl=impl)
     jitted, sharding, _ = jit_step(step, make_mesh(MeshConfig(), jax.devices()[:1]), state, reference, batch,
@@ -106,7 +107,8 @@ def measure(args, impl: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a model shape (overrides the shape flags)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a published model's configuration, jalign.models.PRESETS (overrides the shape flags)")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--mlp", type=int, default=0, help="default 4 x hidden")
     parser.add_argument("--tied", action="store_true", help="tie the output projection to the embedding")
     parser.add_argument("--param-dtype", default=None, help="parameter dtype (default: --dtype)")
-    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--remat", choices=REMAT_POLICIES, default="none")
     parser.add_argument("--skip-naive", action="store_true", help="measure the fused step only")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--prompt", type=int, default=64)
@@ -126,11 +128,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fused", default="auto", help="fused implementation to compare ('auto' per backend)")
     args = parser.parse_args()
-    if args.preset:
-        for key, value in PRESETS[args.preset].items():
-            setattr(args, key, value)
-    print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} vocab={args.vocab} "
-          f"hidden={args.hidden} layers={args.layers} "
+    cfg = model_config(args)
+    print(f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
+          f"model={args.preset or cfg.model_type} vocab={cfg.vocab_size} hidden={cfg.hidden_size} "
+          f"layers={cfg.num_layers} "
           f"batch={args.batch}x2 prompt={args.prompt} response={args.response} dtype={args.dtype}")
     fused = measure(args, args.fused)
     naive = None if args.skip_naive else measure(args, "naive")

@@ -7,11 +7,10 @@ A fifth of the records (a fixed, seeded choice) is held out and evaluated
 every 10 steps and at the end.
 """
 
-import json
 import pathlib
 
 from jalign.models import ModelConfig
-from jalign.models.tokenizer import train_tiny_tokenizer
+from jalign.models.tokenizer import tiny_tokenizer_for
 from jalign.objectives import dpo
 from jalign.train.config import DataSection, Experiment, ModelSection, TrainSection
 from jalign.train.optim import OptimizerConfig
@@ -21,13 +20,10 @@ TOKENIZER = pathlib.Path("runs/tiny_pref/tokenizer")
 
 
 def experiment() -> Experiment:
-    if not TOKENIZER.exists():  # a byte-level BPE trained on the data itself, once
-        texts = [json.dumps(json.loads(line)) for line in DATA.read_text().splitlines()]
-        train_tiny_tokenizer(texts, 300, TOKENIZER)
     return Experiment(
         model=ModelSection(arch=ModelConfig("llama", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
                                             num_kv_heads=2, head_dim=8, mlp_dim=64),
-                           tokenizer=str(TOKENIZER)),
+                           tokenizer=tiny_tokenizer_for(DATA, 300, TOKENIZER)),  # a BPE of the data, once
         data=DataSection(train=str(DATA), max_length=128, eval_fraction=0.2),
         objective=dpo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=5),

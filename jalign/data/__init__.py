@@ -11,16 +11,12 @@ from jalign.data.pipeline import (
     read_preferences,
 )
 from jalign.data.shards import Shards
-from jalign.data.sources import (
-    HFSource,
-    JsonlSource,
-    ParquetSource,
-    TfdsSource,
-    open_source,
-)
+from jalign.data.json_sources import JsonArraySource, JsonlSource
+from jalign.data.sources import HFSource, ParquetSource, TfdsSource, open_source
 from jalign.data.tokenization import (
     TRUNCATIONS,
     TokenizedExample,
+    Truncation,
     Tokenization,
     render,
     tokenize,
@@ -37,8 +33,8 @@ from jalign.data.validation import (
 __all__ = [
     "Collator", "bucket_lengths", "KINDS", "Example", "RecordFormat",
     "detect_kind", "PreferenceData", "preference_batches", "read_preferences",
-    "Shards", "HFSource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
-    "TRUNCATIONS", "TokenizedExample", "Tokenization", "render", "tokenize",
+    "Shards", "HFSource", "JsonArraySource", "JsonlSource", "ParquetSource", "TfdsSource", "open_source",
+    "TRUNCATIONS", "TokenizedExample", "Truncation", "Tokenization", "render", "tokenize",
     "REASONS", "DataError", "DataFileError", "Malformed",
     "MalformedRecordError", "SkipReport",
 ]

@@ -1,4 +1,4 @@
-"""Random-access record sources: JSONL, Parquet, Hugging Face datasets, TFDS.
+"""Random-access record sources: JSONL, JSON, Parquet, Hugging Face datasets, TFDS.
 
 Each source has ``len(source)``, ``source[i]`` (a dict record), a ``name`` for
 error messages (the file), ``columns`` (field names, used to detect the
@@ -18,129 +18,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jalign.data.json_sources import JsonlSource, json_file
+from jalign.data.source_base import DECODE_ERRORS, Source
 from jalign.data.validation import DataFileError, Malformed
 
 
-# What decoding one record can raise besides Malformed: pyarrow's errors are
-# ValueError / TypeError / NotImplementedError subclasses, a bad string is a
-# UnicodeDecodeError. OSError and MemoryError are faults, not data, and pass.
-_DECODE_ERRORS = (ValueError, TypeError, ArithmeticError, RecursionError,
-                  NotImplementedError)
-
-
-class _Source:
-    """Base: ``source[i]`` turns any decoding failure into ``Malformed``."""
-
-    name: str
-    columns: tuple[str, ...]
-
-    def locate(self, index: int) -> str:
-        return f"record {index}"
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            return self._read(index)
-        except Malformed:
-            raise
-        except _DECODE_ERRORS as e:
-            raise Malformed("unparseable", None, "cannot decode the record: "
-                            f"{type(e).__name__}: {e}") from None
-
-    def _read(self, index: int) -> dict:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {len(self)} records)"
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-class JsonlSource(_Source):
-    """One JSON object per line; blank lines are not records.
-
-    A UTF-8 byte-order mark at the start of the file is ignored. ``columns``
-    are the keys of every record, in order of first appearance.
-    ``source[i]`` raises ``Malformed("unparseable")`` for a line that is not a
-    UTF-8 JSON object (or names a key twice); ``locate(i)`` names the line.
-
-    Raises:
-      DataFileError: the file is missing, UTF-16, empty, only blank lines, or
-        has no line that parses.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.name = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise DataFileError(self.name, f"cannot read: {e.strerror or e}") from None
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise DataFileError(self.name, "is UTF-16 encoded; expected UTF-8 "
-                                "JSON lines")
-        raw = raw[len(_BOM):] if raw.startswith(_BOM) else raw
-        lines = [(n + 1, line) for n, line in enumerate(raw.split(b"\n"))
-                 if line.strip()]
-        if not lines:
-            raise DataFileError(self.name, "has only blank lines; no records"
-                                if raw else "is empty")
-        if lines[0][1].strip() == b"[":
-            raise DataFileError(self.name, "is a JSON array, not JSON lines "
-                                "(one object per line)")
-        self._line_numbers = [n for n, _ in lines]
-        self._lines = [line for _, line in lines]
-        self.columns = self._all_keys()
-
-    def _all_keys(self) -> tuple[str, ...]:
-        keys, first_error = {}, None
-        for i in range(len(self)):
-            try:
-                keys.update(dict.fromkeys(self[i]))
-            except Malformed as e:
-                first_error = first_error or f"{self.locate(i)}: {e.problem}"
-        if not keys:
-            raise DataFileError(self.name, "no line is a JSON object record; "
-                                f"first: {first_error}")
-        return tuple(keys)
-
-    def __len__(self) -> int:
-        return len(self._lines)
-
-    def _read(self, index: int) -> dict:
-        try:
-            record = json.loads(self._lines[index].decode("utf-8"),
-                                object_pairs_hook=_unique_keys)
-        except UnicodeDecodeError as e:
-            raise Malformed("unparseable", None, f"not UTF-8: {e}") from None
-        except RecursionError:
-            raise Malformed("unparseable", None, "JSON nested too deeply") from None
-        except json.JSONDecodeError as e:
-            raise Malformed("unparseable", None, f"not valid JSON: {e}") from None
-        except ValueError as e:  # an integer over Python's 4300-digit limit
-            raise Malformed("unparseable", None, "not valid JSON: "
-                            f"{str(e).split(';')[0]}") from None
-        if not isinstance(record, dict):
-            raise Malformed("unparseable", None, "expected a JSON object; got "
-                            f"{type(record).__name__}")
-        return record
-
-    def locate(self, index: int) -> str:
-        return f"record {index} (line {self._line_numbers[index]})"
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """``object_pairs_hook``: a JSON object that names a key twice is bad."""
-    record = dict(pairs)
-    if len(record) < len(pairs):
-        seen = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise Malformed("unparseable", None, f"a JSON object names the key "
-                        f"{twice!r} twice")
-    return record
-
-
-class ParquetSource(_Source):
+class ParquetSource(Source):
     """A Parquet file read with ``pyarrow``; nulls read as missing fields.
 
     Raises:
@@ -165,7 +48,7 @@ class ParquetSource(_Source):
         row = self._table.slice(index, 1)
         try:
             return row.to_pylist()[0]
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             return _columnwise(row)
 
 
@@ -175,13 +58,13 @@ def _columnwise(row: Any) -> dict:
     for name, column in zip(row.column_names, row.columns):
         try:
             record[name] = column.to_pylist()[0]
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             raise Malformed("unparseable", name, "cannot decode the value: "
                             f"{type(e).__name__}: {e}") from None
     return record
 
 
-class HFSource(_Source):
+class HFSource(Source):
     """A Hugging Face ``datasets.Dataset`` (one split).
 
     ``datasets`` gives a JSON column with values of mixed types its ``Json``
@@ -234,8 +117,9 @@ class HFSource(_Source):
                                 f"{type(e).__name__}: {e}") from None
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
-                raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; "
-                                    f"pass split= one of them (got {split!r})")
+                raise DataFileError(os.fspath(path), f"holds splits {sorted(dataset)}; pass split= "
+                                    "(an experiment's data.split or data.eval_split) one of them "
+                                    f"(got {split!r})")
             dataset = dataset[split]
         name = os.fspath(path) + (f"[{split}]" if split else "")
         return cls(dataset, name=name)
@@ -246,7 +130,7 @@ class HFSource(_Source):
     def _read(self, index: int) -> dict:
         try:
             return self._dataset[index]
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             return _columnwise(self._dataset.with_format("arrow")[index])
 
 
@@ -259,7 +143,7 @@ def _saved_without_data(path: str | os.PathLike) -> bool:
         return False
 
 
-class TfdsSource(_Source):
+class TfdsSource(Source):
     """A TFDS random-access data source, decoded to Python values.
 
     Wraps any object with ``len`` and ``__getitem__`` returning feature dicts of
@@ -293,8 +177,12 @@ class TfdsSource(_Source):
         except ImportError as e:
             raise ImportError("TFDS sources need tensorflow-datasets: "
                               "pip install 'jalign[tfds]'") from e
-        source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-        return cls(source, name=f"tfds:{dataset}[{split}]")
+        name = f"tfds:{dataset}[{split}]"
+        try:
+            source = tfds.data_source(dataset, split=split, data_dir=data_dir)
+        except Exception as e:  # pylint: disable=broad-except
+            raise DataFileError(name, f"tfds cannot load it: {type(e).__name__}: {e}") from None
+        return cls(source, name=name)
 
     def __len__(self) -> int:
         return len(self._data_source)
@@ -330,44 +218,65 @@ def _unstack(fields: dict) -> dict | list:
     return [_unstack(dict(zip(fields, row))) for row in zip(*columns)]
 
 
-def open_source(source: Any) -> _Source:
-    """A record source from a path or an in-memory dataset.
+def open_source(source: Any, *, split: str | None = None) -> Source:
+    """A record source from a path, a ``tfds:`` name or an in-memory dataset.
 
-    Accepts a ``.jsonl`` or ``.parquet`` path, a directory written by
-    ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset``, or an existing
-    source (returned unchanged).
+    Accepts a ``.jsonl``, ``.json`` (an array of records, or JSON lines) or
+    ``.parquet`` path, a directory written by ``save_to_disk`` (``split``
+    picks a ``DatasetDict``'s split), ``tfds:NAME/SPLIT`` (a prepared TFDS
+    dataset, ``NAME`` possibly ``name/config:version``, read from
+    ``TFDS_DATA_DIR``), a ``datasets.Dataset``, or an existing source
+    (returned unchanged).
 
     Raises:
       DataFileError: an empty path, a missing file, an unknown file type, a
-        file that cannot be read, or a source with no records.
+        file that cannot be read, a ``tfds:`` name without a split, a
+        ``split`` for something that is not a saved datasets directory, or a
+        source with no records.
       TypeError: an object that is not a known kind of dataset.
     """
-    opened = _open(source)
+    opened = _open(source, split)
     if len(opened) == 0:
         raise DataFileError(opened.name, "has no records")
     return opened
 
 
-def _open(source: Any) -> _Source:
-    if isinstance(source, _Source):
+_FILE_TYPES = {".jsonl": JsonlSource, ".json": json_file, ".parquet": ParquetSource}
+TFDS_PREFIX = "tfds:"
+
+
+def _open(source: Any, split: str | None) -> Source:
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        return HFSource.from_disk(source, split)
+    if split is not None:
+        where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "")
+        raise DataFileError(where, f"split={split!r} selects a split of a saved "
+                            "datasets directory; this is not one (a tfds: name carries its split: tfds:NAME/SPLIT)")
+    if isinstance(source, Source):
         return source
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not path:
             raise DataFileError("", "the data path is empty")
-        if os.path.isdir(path):
-            return HFSource.from_disk(path)
+        if path.startswith(TFDS_PREFIX):
+            return _tfds(path)
         if not os.path.exists(path):
             raise DataFileError(path, "no such file or directory")
         ext = os.path.splitext(path)[1]
-        if ext == ".jsonl":
-            return JsonlSource(path)
-        if ext == ".parquet":
-            return ParquetSource(path)
-        raise DataFileError(path, f"unknown data file type {ext!r}; expected "
-                            ".jsonl, .parquet or a saved datasets directory")
+        if ext not in _FILE_TYPES:
+            raise DataFileError(path, f"unknown data file type {ext!r}; expected .jsonl, .json, .parquet, "
+                                "a saved datasets directory or tfds:NAME/SPLIT")
+        return _FILE_TYPES[ext](path)
     hf_datasets = sys.modules.get("datasets")
     if hf_datasets is not None and isinstance(source, hf_datasets.Dataset):
         return HFSource(source, name=source.info.dataset_name
                         or "datasets.Dataset")
     raise TypeError(f"cannot read preference records from {type(source)}")
+
+
+def _tfds(spec: str) -> TfdsSource:
+    """``tfds:NAME/SPLIT``: the split is after the last slash (a name may hold ``/config``)."""
+    name, _, split = spec.removeprefix(TFDS_PREFIX).rpartition("/")
+    if not name or not split:
+        raise DataFileError(spec, "expected tfds:NAME/SPLIT, e.g. tfds:my_prefs/train")
+    return TfdsSource.load(name, split=split)

@@ -41,19 +41,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
 from jalign.data.formats import Example
 from jalign.data.validation import Malformed
 
-TRUNCATIONS = ("drop", "keep_end", "keep_start")
+Truncation = Literal["drop", "keep_end", "keep_start"]
+TRUNCATIONS = get_args(Truncation)
 
 
 @dataclasses.dataclass(frozen=True)
 class Tokenization:
     """The length budget and truncation policy.
+
+    These defaults are the only ones: the trainer's ``DataSection`` takes its
+    ``max_length`` and ``truncation`` defaults from here, because the data
+    layer is used without the trainer and the trainer always goes through it.
+    They are TRL's ``DPOConfig`` defaults (``max_length=1024``,
+    ``truncation_mode="keep_end"``), so data prepared for TRL fits the same
+    way: the prompt's start gives way and a response is never cut (one that
+    alone overflows the budget is ``too_long``, never silently shortened).
 
     Attributes:
       max_length: most tokens of prompt plus the longest response.
@@ -66,7 +75,7 @@ class Tokenization:
 
     max_length: int = 1024
     max_prompt_length: int | None = None
-    truncation: str = "drop"
+    truncation: Truncation = "keep_end"
     add_eos: bool = True
     parse_special_tokens: bool = False
 

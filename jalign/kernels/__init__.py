@@ -6,11 +6,11 @@ a mesh.
 """
 
 from jalign.kernels.head import Head
-from jalign.kernels.logprobs import (IMPLS, TokenLogProbs, block_sizes_for,
+from jalign.kernels.logprobs import (IMPLS, LogprobImpl, TokenLogProbs, block_sizes_for,
                                      reference_logprobs, resolve_impl,
                                      sequence_logprobs)
 from jalign.kernels.sharded import sharded_sequence_logprobs
 
-__all__ = ["Head", "IMPLS", "TokenLogProbs", "block_sizes_for",
+__all__ = ["Head", "IMPLS", "LogprobImpl", "TokenLogProbs", "block_sizes_for",
            "reference_logprobs", "resolve_impl", "sequence_logprobs",
            "sharded_sequence_logprobs"]

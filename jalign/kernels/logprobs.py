@@ -22,6 +22,7 @@ runs the same op per shard of a mesh (`OpConfig.vocab_axis`,
 
 import dataclasses
 import functools
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,8 @@ import jax.numpy as jnp
 from jalign.kernels import chunked, pallas_gpu, pallas_tpu, softmax_stats
 from jalign.kernels.head import Head, project
 
-IMPLS = ("auto", "pallas_tpu", "pallas_gpu", "chunked", "naive")
+LogprobImpl = Literal["auto", "pallas_tpu", "pallas_gpu", "chunked", "naive"]
+IMPLS = get_args(LogprobImpl)
 _MODULES = {"chunked": chunked, "pallas_tpu": pallas_tpu,
             "pallas_gpu": pallas_gpu}
 _DIFFERENTIABLE = ("logprobs", "entropy", "ref_kl")

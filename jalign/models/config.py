@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable, Literal, get_args
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 
@@ -18,7 +18,8 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 # (jax.checkpoint_policies.nothing_saveable); "dots" keeps the outputs of the weight matmuls and
 # recomputes the rest (dots_with_no_batch_dims_saveable: the attention score/value products have batch
 # dimensions and are recomputed); "dots_all" keeps every matmul output (checkpoint_dots).
-REMAT_POLICIES = ("none", "full", "dots", "dots_all")
+RematPolicy = Literal["none", "full", "dots", "dots_all"]
+REMAT_POLICIES = get_args(RematPolicy)
 _REMAT_ALIASES = {False: "none", True: "full"}
 
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh",
@@ -67,7 +68,7 @@ class ModelConfig:
     pad_token_id: int | None = None    # pad_token_id
     dtype: str = "float32"             # compute dtype of activations (not in HF)
     param_dtype: str = "float32"       # storage dtype of parameters (HF dtype)
-    remat: str = "none"                # what a block keeps for the backward pass: one of REMAT_POLICIES
+    remat: RematPolicy = "none"        # what a block keeps for the backward pass: one of REMAT_POLICIES
 
     def __post_init__(self):
         if isinstance(self.remat, bool):       # older configs and call sites wrote remat=True/False
@@ -285,60 +286,81 @@ def config_to_hf(cfg: ModelConfig, *, labels: int | None = None) -> dict:
     return hf
 
 
-# Named presets: the published configurations of common checkpoints.
+# Named presets: the published config.json of common checkpoints, keyed as transformers' config classes
+# key them (rope_theta and rope scaling inside rope_parameters), read by config_from_hf like any checkpoint.
+HF_PRESETS: dict[str, dict[str, Any]] = {
+    "llama2_7b": dict(  # meta-llama/Llama-2-7b-hf
+        model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, head_dim=128, intermediate_size=11008, hidden_act="silu", rms_norm_eps=1e-5,
+        max_position_embeddings=4096, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+    "llama3_2_1b": dict(  # meta-llama/Llama-3.2-1B
+        model_type="llama", vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, intermediate_size=8192, hidden_act="silu", rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192),
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    "llama3_1_8b": dict(  # meta-llama/Llama-3.1-8B
+        model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, intermediate_size=14336, hidden_act="silu", rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192),
+        tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001),
+    "mistral_7b": dict(  # mistralai/Mistral-7B-v0.1
+        model_type="mistral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, intermediate_size=14336, hidden_act="silu", rms_norm_eps=1e-5,
+        max_position_embeddings=32768, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        sliding_window=4096, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+    "qwen2_5_0_5b": dict(  # Qwen/Qwen2.5-0.5B
+        model_type="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, intermediate_size=4864, hidden_act="silu", rms_norm_eps=1e-6,
+        max_position_embeddings=32768, rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+        use_sliding_window=False, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
+    "qwen3_0_6b": dict(  # Qwen/Qwen3-0.6B
+        model_type="qwen3", vocab_size=151936, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, intermediate_size=3072, hidden_act="silu", rms_norm_eps=1e-6,
+        max_position_embeddings=40960, rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+        attention_bias=False, use_sliding_window=False, tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151645),
+    "gemma_2b": dict(  # google/gemma-2b
+        model_type="gemma", vocab_size=256000, hidden_size=2048, num_hidden_layers=18, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=256, intermediate_size=16384, hidden_act="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6, max_position_embeddings=8192, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    "gemma2_2b": dict(  # google/gemma-2-2b
+        model_type="gemma2", vocab_size=256000, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, intermediate_size=9216, hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6, max_position_embeddings=8192, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+        layer_types=["sliding_attention", "full_attention"] * 13,
+        tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    "gpt2_small": dict(  # openai-community/gpt2
+        model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024,
+        layer_norm_epsilon=1e-5, activation_function="gelu_new", tie_word_embeddings=True,
+        bos_token_id=50256, eos_token_id=50256),
+}
 
-def llama2_7b(**kw) -> ModelConfig:
-    return ModelConfig("llama", 32000, 4096, 32, 32, 32, 128, 11008, norm_eps=1e-5,
-                       max_positions=4096, bos_token_id=1, eos_token_id=2, **kw)
+
+def _preset(name: str) -> Callable[..., ModelConfig]:
+    def preset(**overrides: Any) -> ModelConfig:
+        return config_from_hf(HF_PRESETS[name], **overrides)
+    preset.__name__ = preset.__qualname__ = name
+    preset.__doc__ = (f"`ModelConfig` of ``HF_PRESETS[{name!r}]``; ``overrides`` set fields such as ``dtype``, "
+                      "``remat`` or a smaller ``num_layers``.")
+    return preset
 
 
-def llama3_2_1b(**kw) -> ModelConfig:
-    return ModelConfig("llama", 128256, 2048, 16, 32, 8, 64, 8192, norm_eps=1e-5,
-                       max_positions=131072, rope_theta=500000.0, rope_type="llama3",
-                       rope_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
-                       rope_original_max_positions=8192, tie_embeddings=True,
-                       bos_token_id=128000, eos_token_id=128001, **kw)
+llama2_7b = _preset("llama2_7b")
+llama3_2_1b = _preset("llama3_2_1b")
+llama3_1_8b = _preset("llama3_1_8b")
+mistral_7b = _preset("mistral_7b")
+qwen2_5_0_5b = _preset("qwen2_5_0_5b")
+qwen3_0_6b = _preset("qwen3_0_6b")
+gemma_2b = _preset("gemma_2b")
+gemma2_2b = _preset("gemma2_2b")
+gpt2_small = _preset("gpt2_small")
 
-
-def mistral_7b(**kw) -> ModelConfig:
-    return ModelConfig("mistral", 32000, 4096, 32, 32, 8, 128, 14336, norm_eps=1e-5,
-                       max_positions=32768, sliding_window=4096,
-                       bos_token_id=1, eos_token_id=2, **kw)
-
-
-def qwen2_5_0_5b(**kw) -> ModelConfig:
-    return ModelConfig("qwen2", 151936, 896, 24, 14, 2, 64, 4864, qkv_bias=True,
-                       max_positions=32768, rope_theta=1000000.0, tie_embeddings=True,
-                       bos_token_id=151643, eos_token_id=151643, **kw)
-
-
-def qwen3_0_6b(**kw) -> ModelConfig:
-    return ModelConfig("qwen3", 151936, 1024, 28, 16, 8, 128, 3072, qk_norm=True,
-                       max_positions=40960, rope_theta=1000000.0, tie_embeddings=True,
-                       bos_token_id=151643, eos_token_id=151645, **kw)
-
-
-def gemma_2b(**kw) -> ModelConfig:
-    return ModelConfig("gemma", 256000, 2048, 18, 8, 1, 256, 16384, norm_offset=1.0,
-                       activation="gelu_tanh", embed_scale=True, tie_embeddings=True,
-                       bos_token_id=2, eos_token_id=1, pad_token_id=0, **kw)
-
-
-def gemma2_2b(**kw) -> ModelConfig:
-    return ModelConfig("gemma2", 256000, 2304, 26, 8, 4, 256, 9216, norm_offset=1.0,
-                       post_norms=True, activation="gelu_tanh", embed_scale=True,
-                       query_scale=256 ** -0.5, attn_softcap=50.0, final_softcap=30.0,
-                       sliding_window=4096,
-                       layer_types=("sliding_attention", "full_attention") * 13,
-                       tie_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0, **kw)
-
-
-def gpt2_small(**kw) -> ModelConfig:
-    return ModelConfig("gpt2", 50257, 768, 12, 12, 12, 64, 3072, norm="layer", norm_eps=1e-5,
-                       positions="learned", max_positions=1024, gated_mlp=False,
-                       activation="gelu_tanh", qkv_bias=True, out_bias=True, mlp_bias=True,
-                       tie_embeddings=True, bos_token_id=50256, eos_token_id=50256, **kw)
-
-
-PRESETS = {f.__name__: f for f in (llama2_7b, llama3_2_1b, mistral_7b, qwen2_5_0_5b,
-                                   qwen3_0_6b, gemma_2b, gemma2_2b, gpt2_small)}
+PRESETS: dict[str, Callable[..., ModelConfig]] = {f.__name__: f for f in (
+    llama2_7b, llama3_2_1b, llama3_1_8b, mistral_7b, qwen2_5_0_5b, qwen3_0_6b, gemma_2b, gemma2_2b, gpt2_small)}

@@ -4,12 +4,17 @@
 local directory (never the hub). `train_tiny_tokenizer` trains a byte-level
 BPE on a handful of strings with the `tokenizers` library, wraps it as a
 ``PreTrainedTokenizerFast`` with special tokens and a ChatML chat template,
-saves it and loads it back, so tests and demos run offline.
+saves it and loads it back, so tests and demos run offline;
+`tiny_tokenizer_for` does that once for a data file, so an experiment file
+only names the tokenizer it wants.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pathlib
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,6 +31,7 @@ CHAT_TEMPLATE = (
 )
 
 _BYTE_ALPHABET = 256
+_FINGERPRINT = "jalign_tiny_tokenizer.json"  # what the saved tokenizer was trained from
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
@@ -60,3 +66,22 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int,
     wrapped.chat_template = CHAT_TEMPLATE
     wrapped.save_pretrained(str(out_dir))
     return load_tokenizer(out_dir)
+
+
+def tiny_tokenizer_for(data_file: str | os.PathLike, vocab_size: int, out_dir: str | os.PathLike) -> str:
+    """``out_dir`` holding a `train_tiny_tokenizer` trained on the lines of ``data_file``, trained at most once.
+
+    Each non-blank line is one training text (a JSONL record's text, keys
+    included). The file's SHA-256 and ``vocab_size`` are saved beside the
+    tokenizer; while they match, the saved tokenizer is reused, and when the
+    data or the size change it is trained again. Returns ``out_dir`` as a
+    string, the value ``ModelSection.tokenizer`` takes.
+    """
+    data = pathlib.Path(data_file).read_bytes()
+    fingerprint = {"data_sha256": hashlib.sha256(data).hexdigest(), "vocab_size": vocab_size}
+    marker = pathlib.Path(out_dir) / _FINGERPRINT
+    if not (marker.exists() and json.loads(marker.read_text()) == fingerprint):
+        texts = [line for line in data.decode("utf-8").splitlines() if line.strip()]
+        train_tiny_tokenizer(texts, vocab_size, out_dir)
+        marker.write_text(json.dumps(fingerprint))
+    return str(out_dir)

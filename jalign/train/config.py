@@ -22,7 +22,10 @@ from typing import Any, Iterator, Literal
 import jax
 import numpy as np
 
-from jalign.models import ModelConfig
+from jalign.data import Tokenization, Truncation, open_source
+from jalign.data.source_base import Source
+from jalign.kernels import LogprobImpl
+from jalign.models import ModelConfig, RematPolicy
 from jalign.objectives import Objective, Scaled, dpo
 from jalign.sharding import MeshConfig
 from jalign.train.optim import OptimizerConfig
@@ -122,6 +125,10 @@ class ModelSection:
       param_dtype: storage dtype of the parameters; None keeps the
         architecture's or the checkpoint's. fp32 parameters with bf16 compute
         is classic mixed precision; bf16 parameters keep fp32 optimizer moments.
+      remat: what each decoder block keeps for the backward pass (a
+        ``jalign.models.REMAT_POLICIES`` name: "full" recomputes the block,
+        "dots" keeps the weight matmuls' outputs); None keeps the
+        architecture's (``arch.remat``, "none" for HF loads).
     """
 
     hf_dir: str | None = None
@@ -135,18 +142,26 @@ class ModelSection:
     score_dim: int = 2
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    remat: RematPolicy | None = None
 
     def precision(self) -> dict[str, str]:
-        """The `ModelConfig` fields this section sets (the dtypes that are not None)."""
-        return {k: v for k, v in (("dtype", self.dtype), ("param_dtype", self.param_dtype)) if v is not None}
+        """The `ModelConfig` fields this section sets for precision and memory (those that are not None)."""
+        fields = (("dtype", self.dtype), ("param_dtype", self.param_dtype), ("remat", self.remat))
+        return {k: v for k, v in fields if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """Where preference data comes from and how it is tokenised.
 
+    The length budget's defaults (``max_length``, ``truncation``) are
+    `jalign.data.Tokenization`'s, which owns them (its docstring says why).
+
     Attributes:
-      train: a JSONL/Parquet file or a ``datasets`` directory.
+      train: a JSONL, JSON (an array of records, or JSON lines) or Parquet
+        file, a ``datasets`` directory (``save_to_disk``), or
+        ``tfds:NAME/SPLIT`` for a prepared TFDS dataset (its data directory
+        from ``TFDS_DATA_DIR``).
       kind: "paired", "ranked" or "unpaired"; None detects it from the columns.
       preference_field: a paired record's soft P(chosen > rejected) field.
       max_length: most tokens of prompt plus the longest response.
@@ -163,19 +178,35 @@ class DataSection:
         reads and tokenises only its shards. The data order depends on the
         seed and ``shards``, not on the number of processes, which it must be
         a multiple of. None: one per process.
+      split: the split of ``train`` when it is a ``datasets`` directory
+        holding a ``DatasetDict`` (None for a saved ``Dataset``).
+      eval_split: the split of ``eval`` when it is such a directory; with
+        ``eval`` empty, that split of ``train``'s directory is the eval set.
     """
 
     train: str = ""
     kind: Literal["paired", "ranked", "unpaired"] | None = None
     preference_field: str | None = None
-    max_length: int = 512
+    max_length: int = Tokenization.max_length
     max_prompt_length: int | None = None
-    truncation: Literal["drop", "keep_end", "keep_start"] = "keep_end"
+    truncation: Truncation = Tokenization.truncation
     on_error: Literal["raise", "skip"] = "raise"
     shuffle: bool = True
     eval: str = ""
     eval_fraction: float = 0.0
     shards: int | None = None
+    split: str | None = None
+    eval_split: str | None = None
+
+    def open_train(self) -> Source:
+        """The training records' source (``jalign.data.open_source`` of ``train`` with ``split``)."""
+        return open_source(self.train, split=self.split)
+
+    def open_eval(self) -> Source | None:
+        """The held-out records' source, or None without a separate eval set (``eval_fraction`` may hold one out)."""
+        if not self.eval and self.eval_split is None:
+            return None
+        return open_source(self.eval or self.train, split=self.eval_split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +242,7 @@ class TrainSection:
     log_every: int = 10
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    logprob_impl: str = "auto"
+    logprob_impl: LogprobImpl = "auto"
     extras: tuple[str, ...] = ("entropy",)
     eval_every: int = 0
     reference: Literal["model", "precomputed"] = "model"

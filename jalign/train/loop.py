@@ -25,7 +25,6 @@ from flax import nnx
 
 from jalign.data import Shards, Tokenization, preference_batches, read_preferences
 from jalign.data.formats import detect_kind
-from jalign.data.sources import open_source
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
@@ -153,7 +152,7 @@ def plan_for(exp: Experiment) -> Plan:
                              f"loop), not both; got data.train={exp.data.train!r}, online.prompts={exp.online.prompts!r}")
         return plan_inputs(exp.objective, reference_mode=exp.train.reference, lora=exp.model.lora_rank > 0,
                            metric_extras=exp.train.extras, online=True)
-    source = open_source(exp.data.train)
+    source = exp.data.open_train()
     kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
                        lora=exp.model.lora_rank > 0, guide=exp.model.guide is not None,
@@ -232,7 +231,7 @@ def _offline_data(exp: Experiment, plan: Plan, model: nnx.Module, tokenizer, mes
     if exp.train.batch_size % shards.count:
         raise ValueError(f"train.batch_size={exp.train.batch_size} must divide over data.shards={shards.count}")
     # The sharded reference scores batches that every process holds alike, so it needs every record.
-    data = read(exp.data.train, shards=Shards() if plan.reference == PRECOMPUTED else shards)
+    data = read(exp.data.open_train(), shards=Shards() if plan.reference == PRECOMPUTED else shards)
     data, eval_data = _held_out(exp, data, read)
     if plan.reference == PRECOMPUTED:
         reference_model = lora.reference_view(model) if exp.model.lora_rank > 0 else model
@@ -252,8 +251,9 @@ def _held_out(exp: Experiment, data, read):
     The fraction is chosen among the kept records of all shards, so every
     process holds out the same ones; every process evaluates all of them.
     """
-    if exp.data.eval:
-        return data, read(exp.data.eval)
+    held_out = exp.data.open_eval()
+    if held_out is not None:
+        return data, read(held_out)
     if not exp.data.eval_fraction:
         return data, None
     if not 0 < exp.data.eval_fraction < 1:
@@ -264,7 +264,7 @@ def _held_out(exp: Experiment, data, read):
     if count >= len(order):
         raise ValueError(f"data.eval_fraction={exp.data.eval_fraction} leaves no training records")
     if data.shards.process_count > 1:  # the held-out records are spread over the processes' shards
-        return data.without(held), read(exp.data.train, only=held)
+        return data.without(held), read(exp.data.open_train(), only=held)
     return data.without(held), data.local().without(set(data.lengths[:, 0].tolist()) - held)
 
 

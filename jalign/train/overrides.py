@@ -45,7 +45,9 @@ def coerce(text: str, annotation: Any, where: str) -> Any:
         if annotation is Any:
             return text
         if origin in (typing.Union, types.UnionType):
-            if text.lower() == "none" and type(None) in args:
+            # "none" is None unless a choice spells it exactly (model.remat=none is the "none" policy).
+            spelled = any(text in map(str, typing.get_args(a)) for a in args if typing.get_origin(a) is typing.Literal)
+            if text.lower() == "none" and type(None) in args and not spelled:
                 return None
             errors = []
             for option in (a for a in args if a is not type(None)):

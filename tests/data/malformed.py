@@ -256,10 +256,11 @@ JSONL_KINDS = {
                                        "chat_template", {"tokenizer": "strict"}),
     # Too long for the budget, under each truncation policy.
     "too_long_drop": Kind(PAIR, {**PAIR, "chosen": LONG}, "chosen", "too_long",
-                          {"tokenization": Tokenization(max_length=32)}),
+                          {"tokenization": Tokenization(max_length=32, truncation="drop")}),
     "too_long_prompt_drop": Kind(PAIR, {**PAIR, "prompt": LONG}, "prompt", "too_long",
                                  {"tokenization": Tokenization(max_length=64,
-                                                               max_prompt_length=16)}),
+                                                               max_prompt_length=16,
+                                                               truncation="drop")}),
     "too_long_keep_end": Kind(PAIR, {**PAIR, "rejected": LONG}, "rejected", "too_long",
                               {"tokenization": Tokenization(max_length=32,
                                                             truncation="keep_end")}),
@@ -308,7 +309,7 @@ COLUMNAR_KINDS = {
                                   "rejected[0].role", "wrong_type"),
     "empty_messages": Kind(CHAT, {**CHAT, "chosen": []}, "chosen", "empty_response"),
     "too_long_drop": Kind(PAIR, {**PAIR, "chosen": LONG}, "chosen", "too_long",
-                          {"tokenization": Tokenization(max_length=32)}),
+                          {"tokenization": Tokenization(max_length=32, truncation="drop")}),
 }
 
 # Typed columns: every record has the wrong type. (storage, rows or table, field, reason)

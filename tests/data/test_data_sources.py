@@ -1,8 +1,9 @@
 """Every source yields the hand-written records it was written from.
 
 The same RECORDS (standard strings) and CHAT_RECORDS (nested message lists)
-are written as JSONL, Parquet, a Hugging Face dataset (from files and from
-disk) and a fake TFDS data source, and read back. `datasets` only reads
+are written as JSONL, JSON (an array, or JSON lines in a .json file),
+Parquet, a Hugging Face dataset (from files and from disk) and a fake TFDS
+data source, and read back. `datasets` only reads
 local files here (its packaged json/parquet builders); nothing is
 downloaded. tensorflow-datasets is not installed: TfdsSource is tested with
 a fake object that has the interface of `tfds.data_source(...)`'s result.
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jalign.data import (DataFileError, HFSource, JsonlSource,
+from jalign.data import (DataFileError, HFSource, JsonArraySource, JsonlSource,
                          MalformedRecordError,
                          ParquetSource, TfdsSource, open_source,
                          read_preferences)
@@ -60,6 +61,68 @@ def test_jsonl(tmp_path, records):
     assert _all(source) == records
     assert source.columns == ("prompt", "chosen", "rejected")
     assert source.locate(1) == "record 1 (line 2)"
+
+
+@pytest.mark.parametrize("records", [RECORDS, CHAT_RECORDS])
+def test_json_array_and_json_lines(tmp_path, records):
+    """A .json file holding a (pretty-printed) array, or JSON lines, reads back as the records."""
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps(records, indent=2))
+    lines = _jsonl(tmp_path / "lines.json", records)
+    source = open_source(array)
+    assert isinstance(source, JsonArraySource) and _all(source) == records
+    assert source.columns == ("prompt", "chosen", "rejected")
+    assert source.locate(1) == "record 1 (element 1 of the array)"
+    assert isinstance(open_source(lines), JsonlSource) and _all(open_source(lines)) == records
+
+
+def test_json_array_bad_records_follow_the_error_policy(tmp_path, tokenizer):
+    """A non-object element or a repeated key fails its record only: raised with file and record, or skipped."""
+    path = tmp_path / "bad.json"
+    path.write_text("[" + ", ".join([json.dumps(RECORDS[0]), "7", json.dumps(RECORDS[1]),
+                                     '{"prompt": "a", "prompt": "b", "chosen": " c", "rejected": " d"}']) + "]")
+    with pytest.raises(MalformedRecordError, match=r"bad\.json: record 1 \(element 1 of the array\): "
+                       r".*expected a JSON object; got int"):
+        read_preferences(path, tokenizer)
+    data = read_preferences(path, tokenizer, on_error="skip")
+    assert [e.index for e in data.examples] == [0, 2]
+    assert data.report.as_dict()["skipped"] == {"unparseable": 2}
+
+
+def test_json_missing_field_names_the_field(tmp_path, tokenizer):
+    """A record of a JSON array without ``rejected`` is reported with file, record and field."""
+    path = tmp_path / "missing.json"
+    path.write_text(json.dumps([RECORDS[0], {"prompt": "Hi", "chosen": " Hello."}]))
+    with pytest.raises(MalformedRecordError, match=r"missing\.json: record 1 .*field 'rejected'"):
+        read_preferences(path, tokenizer)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"prompt": "a"},\n {"prompt": ]', r"bad\.json: is not a valid JSON array: .*line 2 column"),
+    (json.dumps(RECORDS[0], indent=2), r"bad\.json: is one JSON object; expected a JSON array of records"),
+    ("[]", r"bad\.json: has no records"),
+    ("[1, 2]", r"bad\.json: no element is a JSON object record; first: record 0"),
+])
+def test_bad_json_files_give_one_line(tmp_path, text, message):
+    """Whole-file problems of a .json file: one message starting with the file."""
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(DataFileError, match=message) as error:
+        open_source(tmp_path / "bad.json")
+    assert "\n" not in str(error.value)
+
+
+def test_a_split_of_a_saved_dataset_dict(tmp_path):
+    """``split`` picks a DatasetDict's split; without one the error lists the splits; a file takes none."""
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS),
+                          "test": datasets.Dataset.from_list(RECORDS[:1])}).save_to_disk(tmp_path / "dict")
+    assert _all(open_source(tmp_path / "dict", split="test")) == RECORDS[:1]
+    assert _all(open_source(tmp_path / "dict", split="train")) == RECORDS
+    with pytest.raises(DataFileError, match=r"holds splits \['test', 'train'\]; pass split="):
+        open_source(tmp_path / "dict")
+    with pytest.raises(DataFileError, match=r"holds splits .* \(got 'dev'\)"):
+        open_source(tmp_path / "dict", split="dev")
+    with pytest.raises(DataFileError, match=r"d\.jsonl: split='test' selects a split of a saved datasets"):
+        open_source(_jsonl(tmp_path / "d.jsonl", RECORDS), split="test")
 
 
 @pytest.mark.parametrize("records", [RECORDS, CHAT_RECORDS])
@@ -163,6 +226,38 @@ def test_tfds_load_calls_data_source(monkeypatch):
     assert calls == [("my_prefs", "train[:3]", "/d")]
     assert source.name == "tfds:my_prefs[train[:3]]"
     assert _all(source) == RECORDS
+
+
+def _fake_tfds(monkeypatch, calls):
+    def data_source(name, *, split, data_dir):
+        calls.append((name, split, data_dir))
+        if name == "missing":
+            raise FileNotFoundError(f"no prepared dataset {name}")
+        return FakeTfdsDataSource(RECORDS)
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
+
+
+def test_tfds_name_and_split_from_a_path(monkeypatch):
+    """``tfds:NAME/SPLIT`` opens `tfds.data_source(NAME, split=SPLIT)`; NAME may hold a config and version."""
+    calls = []
+    _fake_tfds(monkeypatch, calls)
+    assert _all(open_source("tfds:my_prefs/train")) == RECORDS
+    source = open_source("tfds:my_prefs/small:1.0.0/train[:2]")
+    assert calls == [("my_prefs", "train", None), ("my_prefs/small:1.0.0", "train[:2]", None)]
+    assert source.name == "tfds:my_prefs/small:1.0.0[train[:2]]"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tfds:my_prefs", r"tfds:my_prefs: expected tfds:NAME/SPLIT"),
+    ("tfds:my_prefs/", r"tfds:my_prefs/: expected tfds:NAME/SPLIT"),
+    ("tfds:missing/train", r"tfds:missing\[train\]: tfds cannot load it: FileNotFoundError: no prepared"),
+])
+def test_bad_tfds_names_give_one_line(monkeypatch, spec, message):
+    """A ``tfds:`` value without a split, or one TFDS cannot load, is one message naming it."""
+    _fake_tfds(monkeypatch, [])
+    with pytest.raises(DataFileError, match=message):
+        open_source(spec)
 
 
 def test_tfds_missing_package_says_how_to_install(monkeypatch):

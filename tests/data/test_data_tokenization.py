@@ -106,10 +106,10 @@ def test_drop_keeps_examples_that_fit(tokenizer):
     of budget makes it too long, reported on the longest response."""
     full = _tokenize(PAIR, tokenizer)
     budget = len(full.prompt) + max(len(r) for r in full.responses)
-    out = _tokenize(PAIR, tokenizer, max_length=budget)
+    out = _tokenize(PAIR, tokenizer, max_length=budget, truncation="drop")
     np.testing.assert_array_equal(out.responses[0], full.responses[0])
     with pytest.raises(Malformed) as error:
-        _tokenize(PAIR, tokenizer, max_length=budget - 1)
+        _tokenize(PAIR, tokenizer, max_length=budget - 1, truncation="drop")
     assert (error.value.reason, error.value.field) == ("too_long", "chosen")
 
 
@@ -183,7 +183,7 @@ def test_records_without_special_text_encode_as_before(tokenizer):
 
 
 @pytest.mark.parametrize("config, truncated", [
-    ({"max_length": 64}, ()),
+    ({"max_length": 64, "truncation": "drop"}, ()),
     ({"max_length": 64, "truncation": "keep_end"}, ()),
     ({"max_length": 20, "truncation": "keep_end"}, ("prompt",)),
     ({"max_length": 64, "max_prompt_length": 2, "truncation": "keep_start"}, ("prompt",)),

@@ -67,10 +67,11 @@ CASES = {
     "ranked_scores_mismatch": (RANKED, {**RANKED, "scores": [1]}, "scores",
                                "response_count", {}),
     "too_long_drop": (PAIR, {**PAIR, "chosen": LONG}, "chosen", "too_long",
-                      {"tokenization": Tokenization(max_length=32)}),
+                      {"tokenization": Tokenization(max_length=32, truncation="drop")}),
     "too_long_prompt_drop": (
         PAIR, {**PAIR, "prompt": LONG}, "prompt", "too_long",
-        {"tokenization": Tokenization(max_length=64, max_prompt_length=16)}),
+        {"tokenization": Tokenization(max_length=64, max_prompt_length=16,
+                                   truncation="drop")}),
     "too_long_keep_end": (
         PAIR, {**PAIR, "rejected": LONG}, "rejected", "too_long",
         {"tokenization": Tokenization(max_length=32, truncation="keep_end")}),

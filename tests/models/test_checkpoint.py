@@ -95,3 +95,32 @@ def test_layer_types_default_for_old_configs():
         hf = hf_cfg.to_dict()
         want = tuple(hf.pop("layer_types"))
         assert config_from_hf(hf).layer_types == want
+
+
+# The presets whose checkpoints transformers' config classes take as their defaults, and the fields where the
+# published config.json differs from those defaults (transformers keeps older values there).
+CLASS_DEFAULTS = {"gemma2_2b": {}, "gpt2_small": {},
+                  "mistral_7b": {"norm_eps": 1e-6, "max_positions": 131072},
+                  "llama2_7b": {"norm_eps": 1e-6, "max_positions": 2048}}
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_DEFAULTS))
+def test_presets_match_transformers_class_defaults(name):
+    """A preset equals transformers' own defaults for that checkpoint (``Gemma2Config()`` is gemma-2-2b,
+    ``GPT2Config()`` gpt2, ``MistralConfig()`` Mistral-7B, ``LlamaConfig()`` Llama-2-7B), read by config_from_hf."""
+    from jalign.models.config import HF_PRESETS
+
+    defaults = transformers.AutoConfig.for_model(HF_PRESETS[name]["model_type"]).to_dict()
+    assert PRESETS[name]().replace(**CLASS_DEFAULTS[name]) == config_from_hf(defaults)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_keys_are_transformers_keys(name):
+    """Every key of a preset is one its transformers config class defines (a misspelt key would be kept as an
+    unknown attribute and ignored), and transformers' reading of the dict converts back to the same preset."""
+    from jalign.models.config import HF_PRESETS
+
+    hf = HF_PRESETS[name]
+    known = transformers.AutoConfig.for_model(hf["model_type"]).to_dict()
+    assert set(hf) <= set(known), sorted(set(hf) - set(known))
+    assert config_from_hf(transformers.AutoConfig.for_model(**hf).to_dict()) == PRESETS[name]()

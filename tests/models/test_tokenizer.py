@@ -45,3 +45,24 @@ def test_errors(tmp_path):
         train_tiny_tokenizer(TEXTS, 100, tmp_path)
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_tiny_tokenizer_for_a_data_file_trains_once_per_content(tmp_path, monkeypatch):
+    """The tokenizer of a file's lines equals `train_tiny_tokenizer` on those lines; it is trained again
+    only when the file's bytes or the vocabulary size change (training calls counted)."""
+    from jalign.models import tokenizer as module
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(TEXTS) + "\n\n")
+    direct = train_tiny_tokenizer(TEXTS, 300, tmp_path / "direct")
+    calls = []
+    train = module.train_tiny_tokenizer
+    monkeypatch.setattr(module, "train_tiny_tokenizer", lambda *a: calls.append(a) or train(*a))
+    out = module.tiny_tokenizer_for(data, 300, tmp_path / "tok")
+    assert out == str(tmp_path / "tok") and len(calls) == 1
+    assert load_tokenizer(out).get_vocab() == direct.get_vocab()
+    assert module.tiny_tokenizer_for(data, 300, tmp_path / "tok") == out and len(calls) == 1
+    module.tiny_tokenizer_for(data, 290, tmp_path / "tok")
+    data.write_text("\n".join(TEXTS[:2]))
+    module.tiny_tokenizer_for(data, 290, tmp_path / "tok")
+    assert [c[1] for c in calls] == [300, 290, 290] and calls[2][0] == TEXTS[:2]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,8 +13,11 @@ EXPERIMENT = str(REPO / "experiments" / "tiny_pref_dpo.py")
 
 
 def _jalign(*args, cwd):
+    # A bare environment, but the same jalign as this test (PYTHONPATH may point at a checkout).
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     out = subprocess.run([sys.executable, "-m", "jalign.cli", *args], cwd=cwd, capture_output=True, text=True,
-                         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+                         env=env)
     return out
 
 

@@ -61,6 +61,23 @@ def _error_of(capsys) -> str:
     return lines[0]
 
 
+def _saved_dataset_dict(folder: pathlib.Path) -> pathlib.Path:
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"prompt": "Q?", "chosen": " a.", "rejected": " b."}])
+    datasets.disable_progress_bars()  # the test reads this process's stderr for the one error line
+    try:
+        datasets.DatasetDict({"train": rows, "test": rows}).save_to_disk(folder / "prefs")
+    finally:
+        datasets.enable_progress_bars()
+    return folder / "prefs"
+
+
+def _one_object(folder: pathlib.Path) -> pathlib.Path:
+    (folder / "one.json").write_text('{\n "prompt": "Q?",\n "chosen": " a.",\n "rejected": " b."\n}\n')
+    return folder / "one.json"
+
+
 USER_ERRORS = {  # case: (folder, tiny experiment file, --set out_dir) -> (argv, expected part of the message)
     "missing file": lambda d, tiny, out: (["train", str(d / "nope.py")], f"no such file: {d / 'nope.py'}"),
     "not python": lambda d, tiny, out: (["train", str(pathlib.Path(tiny).rename(d / "exp.txt"))],
@@ -73,6 +90,13 @@ USER_ERRORS = {  # case: (folder, tiny experiment file, --set out_dir) -> (argv,
                                               "cannot parse 'fast'"),
     "missing data file": lambda d, tiny, out: (["train", tiny, "--set", f"data.train={d / 'none.jsonl'}", *out],
                                                "none.jsonl"),
+    "datasets directory without a split": lambda d, tiny, out: (
+        ["train", tiny, "--set", f"data.train={_saved_dataset_dict(d)}", *out],
+        "holds splits ['test', 'train']; pass split= (an experiment's data.split or data.eval_split)"),
+    "tfds name without a split": lambda d, tiny, out: (["train", tiny, "--set", "data.train=tfds:my_prefs", *out],
+                                                       "tfds:my_prefs: expected tfds:NAME/SPLIT"),
+    "json file of one object": lambda d, tiny, out: (["train", tiny, "--set", f"data.train={_one_object(d)}", *out],
+                                                     "one.json: is one JSON object; expected a JSON array"),
     "refused objective": lambda d, tiny, out: (["train", tiny, "--set", "objective=online_dpo", *out], "online_dpo"),
     "raised by the experiment file": lambda d, tiny, out: (["train", _experiment_file(d, """
         def experiment():
@@ -206,13 +230,15 @@ def test_which_fields_change_what_is_trained(tmp_path):
 
     assert changes("train.log_every=5", "train.checkpoint_every=3", "train.keep_checkpoints=4",
                    f"train.out_dir={tmp_path / 'moved'}", "train.eval_every=2", "train.logprob_impl=naive",
-                   "mesh.data=2", "data.eval=held_out.jsonl", "train.extras=entropy,ref_kl") == []
+                   "mesh.data=2", "data.eval=held_out.jsonl", "data.eval_split=test", "model.remat=dots",
+                   "train.extras=entropy,ref_kl") == []
     assert changes("train.steps=80") == [f"train.steps: {STEPS} -> 80"]  # cosine: the schedule stretches
     constant = apply_overrides(base, ["optimizer.schedule=constant"])
     assert changes("train.steps=80", config=constant) == []
     assert changes("objective.sft.weight=0.2") == ["objective.sft.weight: 0.1 -> 0.2"]
     assert changes("objective=ipo")[:3] == ['objective: "dpo+sft" -> "ipo"', "objective.tau: (absent) -> 0.1",
                                             "objective.average: (absent) -> false"]
-    assert changes("train.batch_size=8", "train.seed=1", "data.max_length=64") == [
-        "data.max_length: 128 -> 64", "train.batch_size: 4 -> 8", "train.seed: 0 -> 1"]
+    assert changes("train.batch_size=8", "train.seed=1", "data.max_length=64", "data.split=train") == [
+        "data.max_length: 128 -> 64", 'data.split: null -> "train"', "train.batch_size: 4 -> 8",
+        "train.seed: 0 -> 1"]
     assert saved["objective"] == "dpo+sft" and saved["objective.sft.weight"] == 0.1

@@ -110,3 +110,32 @@ def test_huge_but_finite_values_pass_the_config_and_are_left_to_the_guard():
     """beta=1e38 and lr=1e39 have no principled upper bound here; the train step's finite guard stops
     them (test_faults_checkpoints: an infinite gradient norm, a non-finite updated state)."""
     apply_overrides(Experiment(), ["objective.beta=1e38", "optimizer.learning_rate=1e39"])
+
+
+def test_typed_choices_name_their_owners_choices():
+    """``logprob_impl``, ``remat`` and ``truncation`` accept exactly the choices their owners define
+    (the kernels' ``IMPLS``, the models' ``REMAT_POLICIES``, the data layer's ``TRUNCATIONS``)."""
+    from jalign.data import TRUNCATIONS
+    from jalign.kernels import IMPLS
+    from jalign.models import REMAT_POLICIES
+
+    owners = {"train.logprob_impl": IMPLS, "model.remat": REMAT_POLICIES + (None,), "data.truncation": TRUNCATIONS}
+    default = Experiment()
+    for field, choices in owners.items():
+        section, name = field.split(".")
+        with pytest.raises(ConfigError) as error:  # an experiment file
+            Experiment(**{section: dataclasses.replace(getattr(default, section), **{name: "fast"})})
+        assert str(error.value) == f"{field} must be one of {list(choices)}; got 'fast'"
+        with pytest.raises(ValueError, match=rf"^--set {field}=fast: .*expected one of"):  # the command line
+            apply_overrides(default, [f"{field}=fast"])
+        for choice in choices:
+            assert getattr(getattr(apply_overrides(default, [f"{field}={choice}"]), section), name) == choice
+
+
+def test_the_length_defaults_are_the_data_layers():
+    """``DataSection`` takes ``max_length`` and ``truncation`` from `jalign.data.Tokenization`, which owns them."""
+    from jalign.data import Tokenization
+
+    data, owner = Experiment().data, Tokenization()
+    assert (data.max_length, data.max_prompt_length, data.truncation) == (
+        owner.max_length, owner.max_prompt_length, owner.truncation)

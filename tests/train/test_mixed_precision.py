@@ -96,8 +96,9 @@ def test_a_bf16_parameter_step_keeps_parameters_bf16_and_moments_fp32():
     assert sum(changed) > len(changed) // 2
 
 
-def test_the_model_section_sets_the_dtypes_of_a_random_or_loaded_model(tmp_path):
-    """The run's policy, random (``model.arch``) or loaded (``model.hf_dir``), has the section's dtypes."""
+def test_the_model_section_sets_the_dtypes_and_remat_of_a_random_or_loaded_model(tmp_path):
+    """The run's policy, random (``model.arch``) or loaded (``model.hf_dir``), has the section's dtypes and
+    remat policy ("dots", not the architecture's "full"); without them, the architecture's."""
     import dataclasses
 
     from jalign.models import save_hf
@@ -108,10 +109,10 @@ def test_the_model_section_sets_the_dtypes_of_a_random_or_loaded_model(tmp_path)
     exp = experiment(tmp_path, 1)
     mesh = make_mesh(MeshConfig())
     for source in (dict(arch=CFG), dict(arch=None, hf_dir=str(tmp_path / "hf"))):
-        section = dataclasses.replace(exp.model, **source, dtype="bfloat16", param_dtype="bfloat16")
+        section = dataclasses.replace(exp.model, **source, dtype="bfloat16", param_dtype="bfloat16", remat="dots")
         model, _ = build_model(dataclasses.replace(exp, model=section), None, mesh, exp.mesh.rule_table())
-        assert (model.cfg.dtype, model.cfg.param_dtype) == ("bfloat16", "bfloat16")
+        assert (model.cfg.dtype, model.cfg.param_dtype, model.cfg.remat) == ("bfloat16", "bfloat16", "dots")
         assert model.embed[...].dtype == jnp.bfloat16
     model, _ = build_model(dataclasses.replace(exp, model=dataclasses.replace(exp.model, arch=CFG)), None, mesh,
                            exp.mesh.rule_table())
-    assert model.cfg.dtype == CFG.dtype
+    assert (model.cfg.dtype, model.cfg.remat) == (CFG.dtype, CFG.remat)

@@ -4,12 +4,11 @@ Run as a script, ``python tiny_experiment.py OUT STEPS`` trains it (what the
 kill-and-resume test starts and kills).
 """
 
-import json
 import pathlib
 import sys
 
 from jalign.models import ModelConfig
-from jalign.models.tokenizer import train_tiny_tokenizer
+from jalign.models.tokenizer import tiny_tokenizer_for
 from jalign.objectives import dpo, sft
 from jalign.train.config import DataSection, Experiment, ModelSection, TrainSection
 from jalign.train.optim import OptimizerConfig
@@ -18,14 +17,10 @@ DATA = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "data" / "t
 
 
 def experiment(out: pathlib.Path, steps: int, *, checkpoint_every: int = 1) -> Experiment:
-    tokenizer_dir = out / "tokenizer"
-    if not tokenizer_dir.exists():
-        texts = [json.dumps(json.loads(line)) for line in DATA.read_text().splitlines()]
-        train_tiny_tokenizer(texts, 300, tokenizer_dir)
     arch = ModelConfig("llama", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                        head_dim=8, mlp_dim=64)
     return Experiment(
-        model=ModelSection(arch=arch, tokenizer=str(tokenizer_dir)),
+        model=ModelSection(arch=arch, tokenizer=tiny_tokenizer_for(DATA, 300, out / "tokenizer")),
         data=DataSection(train=str(DATA), max_length=128),
         objective=dpo(beta=0.1) + 0.1 * sft(),
         optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2),
