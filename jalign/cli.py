@@ -176,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora = export.add_mutually_exclusive_group()
     lora.add_argument("--merge-lora", action="store_true", help="fold a LoRA run's adapters into the weights")
     lora.add_argument("--peft", action="store_true", help="write a LoRA run's adapters as a PEFT adapter")
-    export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                        help="saved precision (default: the run's parameter dtype)")
+    export.add_argument("--dtype", help="saved precision: float32, bfloat16 or float16 (default: the run's)")
     export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     export.set_defaults(run=_export)
 

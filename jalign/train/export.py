@@ -93,13 +93,21 @@ def _unflatten(cls: type, flat: dict[str, Any], prefix: str) -> Any:
     for field in dataclasses.fields(cls):
         key = f"{prefix}.{field.name}"
         if key in flat:
-            value = flat[key]
-            values[field.name] = tuple(value) if isinstance(value, list) else value
+            values[field.name] = _tuples(flat[key])
         elif any(k.startswith(key + ".") for k in flat):
             nested = [a for a in (*typing.get_args(hints[field.name]), hints[field.name])
                       if dataclasses.is_dataclass(a)]
             values[field.name] = _unflatten(nested[0], flat, key)
     return cls(**values)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the config held (also inside mappings, e.g. ``mesh.rules``)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 def _existing(path: str, field: str) -> str:
@@ -130,33 +138,54 @@ def _decoder_config(section: ModelSection) -> ModelConfig:
     return config_from_hf(hf, **section.precision())
 
 
-def restore_policy(run: SavedRun, step: int | None = None) -> tuple[nnx.Module, int]:
-    """``(policy, step)`` of checkpoint ``step`` (None: the newest): the base with its adapters (LoRA) or the
-    restored weights (full fine-tuning)."""
-    checkpoints = run.directory / "checkpoints"
-    if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
-        raise FileNotFoundError(f"no checkpoint in {checkpoints}: train the run first")
-    mesh, rules = make_mesh(run.mesh), run.mesh.rule_table()
-    section = run.model
+def _policy_parts(section: ModelSection, mesh, rules) -> tuple[Any, Any, Any]:
+    """``(graphdef, trained, rest)``: the policy split into what its checkpoints hold (abstract, with the
+    shardings to restore into) and the rest (the LoRA base; nothing for full fine-tuning)."""
     if section.lora_rank > 0:
         # The frozen base is not checkpointed: build it (and fresh adapters) as training did.
         model, _ = build_model(Experiment(model=section), None, mesh, rules)
-        graphdef, like, rest = nnx.split(model, nnx.LoRAParam, ...)
+        graphdef, trained, rest = nnx.split(model, nnx.LoRAParam, ...)
     else:
         cfg = _decoder_config(section)
-        graphdef, like, rest = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+        graphdef, trained, rest = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
         if jax.tree.leaves(rest):
-            raise ValueError(f"{cfg.model_type} decoder holds state beyond its parameters; export cannot restore it")
-    like = jax.tree.map(lambda s, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
-                        state_shardings(like, mesh, rules), like)
+            raise ValueError(f"a {cfg.model_type} decoder holds state besides its parameters, which a full "
+                             "fine-tune's checkpoint does not")
+    trained = jax.tree.map(lambda s, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+                           state_shardings(trained, mesh, rules), trained)
+    return graphdef, trained, rest
+
+
+def _mesh(saved: MeshConfig) -> MeshConfig:
+    """The run's mesh where this host has its devices; elsewhere every device on the data axis."""
+    try:
+        saved.sizes(jax.device_count())
+    except ValueError:
+        return MeshConfig(rules=saved.rules)
+    return saved
+
+
+def restore_policy(run: SavedRun, step: int | None = None) -> tuple[nnx.Module, int]:
+    """``(policy, step)`` of checkpoint ``step`` (None: the newest).
+
+    The policy is the decoder with the restored weights (full fine-tuning) or
+    the base with its restored adapters (LoRA). Heads a run trained beside
+    the policy are left out (SparsePO's token-mask head); a score head, which
+    makes the model a reward or preference model, is refused.
+    """
+    checkpoints = run.directory / "checkpoints"
+    if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
+        raise FileNotFoundError(f"no checkpoint in {checkpoints}: train the run first")
+    mesh_config = _mesh(run.mesh)
+    mesh, rules = make_mesh(mesh_config), mesh_config.rule_table()
     checkpointer = Checkpointer(checkpoints)
     try:
         step = _select_step(checkpointer, step)
+        graphdef, like, rest = _policy_parts(run.model, mesh, rules)
         params, left_out = checkpointer.restore_params(step, like)
     finally:
         checkpointer.close()
-    heads = sorted({p.split("'")[1] for p in left_out})
-    if "score_head" in heads:
+    if any(p.startswith(".params['score_head']") for p in left_out):
         raise ValueError(f"{run.directory} trained a score head (a reward or preference model); "
                          "export writes causal LM policies only")
     return nnx.merge(graphdef, params, rest), step

@@ -26,7 +26,8 @@ from jalign.cli import main
 from jalign.models import Decoder
 from jalign.models.tokenizer import CHAT_TEMPLATE
 from jalign.train.checkpoint import Checkpointer
-from jalign.train.export import export
+from jalign.sharding import MeshConfig
+from jalign.train.export import export, read_run
 from jalign.train.loop import train
 from jalign.train.run_config import check_and_save
 from jalign.train.step import TrainState
@@ -112,9 +113,11 @@ def lora_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """A fully fine-tuned run's folder written directly: config.json and one checkpoint (step 5) of a
-    random decoder, no training step compiled. Returns (run dir, that decoder)."""
+    random decoder, no training step compiled. Returns (run dir, that decoder, the experiment)."""
     tmp = tmp_path_factory.mktemp("full")
     exp = experiment(tmp, 5)
+    # Saved as JSON null and a list: read back as None and a tuple.
+    exp = dataclasses.replace(exp, mesh=MeshConfig(rules={"embed": None, "batch": ("data", "fsdp")}))
     check_and_save(exp, pathlib.Path(exp.train.out_dir), resuming=False)
     model = Decoder(exp.model.arch, rngs=nnx.Rngs(3))
     params = nnx.state(model, nnx.Param)
@@ -122,13 +125,20 @@ def full_run(tmp_path_factory):
     checkpointer = Checkpointer(pathlib.Path(exp.train.out_dir) / "checkpoints")
     checkpointer.save(5, state, {"position": 0})
     checkpointer.close()
-    return pathlib.Path(exp.train.out_dir), model
+    return pathlib.Path(exp.train.out_dir), model, exp
+
+
+def test_saved_config_rebuilds_the_model_and_mesh_sections(full_run):
+    """config.json alone gives back the run's ModelSection (with its ModelConfig and tuples) and mesh."""
+    run, _, exp = full_run
+    saved = read_run(run)
+    assert (saved.model, saved.mesh) == (exp.model, exp.mesh)
 
 
 def test_full_export_matches_jalign_in_transformers(full_run, tmp_path):
     """Log-probs of the exported weights in PyTorch equal the saved decoder's; tokenizer, chat template,
     generation config and model card are written."""
-    run, model = full_run
+    run, model, _ = full_run
     assert export(run, tmp_path)["step"] == 5
     np.testing.assert_allclose(_torch_logprobs(_load(tmp_path)), _jalign_logprobs(model), atol=1e-4, rtol=0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
@@ -143,7 +153,7 @@ def test_full_export_matches_jalign_in_transformers(full_run, tmp_path):
 
 def test_dtype_sets_the_saved_precision(full_run, tmp_path):
     """--dtype bfloat16: every tensor is bf16 and equals the float32 weight rounded to bf16 (torch's cast)."""
-    run, model = full_run
+    run, model, _ = full_run
     export(run, tmp_path, dtype="bfloat16")
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     embed = torch.tensor(np.asarray(model.embed[...])).to(torch.bfloat16)
@@ -178,14 +188,16 @@ def test_peft_adapter_loads_onto_the_base(lora_run, tmp_path):
 
 
 def test_cli_errors_are_one_line(lora_run, tmp_path, capsys):
-    """No checkpoint, and a LoRA run with neither --merge-lora nor --peft: exit 2, one line naming the cause."""
+    """No run, no checkpoint, a LoRA run with neither --merge-lora nor --peft, a bad --dtype: exit 2, one line
+    naming the cause, and nothing created in the run folder."""
     run, _, _ = lora_run
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(run / "config.json", empty / "config.json")
     cases = [([str(tmp_path / "missing"), "out"], "config.json not found"),
              ([str(empty), "out", "--merge-lora"], "no checkpoint in"),
-             ([str(run), "out"], "model.lora_rank=4): pass --merge-lora")]
+             ([str(run), "out"], "model.lora_rank=4): pass --merge-lora"),
+             ([str(run), "out", "--peft", "--dtype", "int8"], "--dtype must be one of")]
     for args, cause in cases:
         assert main(["export", *args]) == 2
         err = capsys.readouterr().err.strip()
