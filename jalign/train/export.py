@@ -229,7 +229,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     else:
         save_hf(lora.merge(model) if merge_lora else model, str(out))
     tokenizer.save_pretrained(str(out))
-    _generation_config(model.cfg).save_pretrained(str(out))
+    _generation_config(model.cfg, tokenizer).save_pretrained(str(out))
     kind = "peft" if peft else "merged" if merge_lora else "full"
     (out / "README.md").write_text(model_card(run, step, kind=kind, dtype=model.cfg.param_dtype, base=base))
     return {"step": step, "out_dir": str(out), "format": kind, "base": base}
@@ -241,10 +241,12 @@ def _with_token_ids(cfg: ModelConfig, tokenizer) -> ModelConfig:
     return cfg.replace(**{k: getattr(tokenizer, k) if v is None else v for k, v in ids.items()})
 
 
-def _generation_config(cfg: ModelConfig):
+def _generation_config(cfg: ModelConfig, tokenizer):
+    """bos, eos and pad ids; generation stops at the model's eos and at the tokenizer's (a chat turn's end)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+    eos = list(dict.fromkeys(i for i in (cfg.eos_token_id, tokenizer.eos_token_id) if i is not None))
+    return GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=eos[0] if len(eos) == 1 else eos or None,
                             pad_token_id=cfg.pad_token_id)
 
 

@@ -8,6 +8,7 @@ step (an ``evaluate`` hook), or the decoder whose parameters were saved.
 """
 
 import dataclasses
+import importlib.metadata
 import json
 import pathlib
 import shutil
@@ -83,16 +84,9 @@ def _lora_experiment(tmp: pathlib.Path, data: pathlib.Path, steps: int, lora_ran
         train=dataclasses.replace(exp.train, eval_every=steps))
 
 
-def _train_moving_data_away(tmp: pathlib.Path, *, lora_rank: int):
-    """Trains 2 steps on a copy of the data, then moves the copy away (export must not need it).
-
-    Returns (run dir, the trained policy's log-probs on `_batch` taken in memory at the last step by an
-    ``evaluate`` hook, so independent of any checkpoint restore, the data path that no longer exists).
-    """
-    data = tmp / "data" / DATA.name
-    data.parent.mkdir()
-    shutil.copy(DATA, data)
-    exp = _lora_experiment(tmp, data, 2, lora_rank)
+def _train(exp):
+    """Trains ``exp``; returns the policy's log-probs on `_batch` at the last step, taken in memory by an
+    ``evaluate`` hook (so independent of any checkpoint restore)."""
     seen = {}
 
     def keep_logprobs(step, policy, reference):
@@ -100,8 +94,21 @@ def _train_moving_data_away(tmp: pathlib.Path, *, lora_rank: int):
         return {}
 
     train(exp, evaluate=keep_logprobs, progress=False)
+    return seen[exp.train.steps]
+
+
+def _train_moving_data_away(tmp: pathlib.Path, *, lora_rank: int):
+    """Trains 2 steps on a copy of the data, then moves the copy away (export must not need it).
+
+    Returns (run dir, the trained policy's log-probs (`_train`), the data path that no longer exists).
+    """
+    data = tmp / "data" / DATA.name
+    data.parent.mkdir()
+    shutil.copy(DATA, data)
+    exp = _lora_experiment(tmp, data, 2, lora_rank)
+    reference = _train(exp)
     data.rename(tmp / "moved.jsonl")
-    return pathlib.Path(exp.train.out_dir), seen[2], str(data)
+    return pathlib.Path(exp.train.out_dir), reference, str(data)
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +154,16 @@ def test_full_export_matches_jalign_in_transformers(full_run, tmp_path):
     assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (
         tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     card = (tmp_path / "README.md").read_text()
-    for fact in ("`dpo+sft`", "dpo.beta=0.1", "sft.weight=0.1", str(DATA), "Steps trained: 5 of 5", "jalign 0.1.0"):
+    for fact in ("`dpo+sft`", "dpo.beta=0.1", "sft.weight=0.1", str(DATA), "Steps trained: 5 of 5",
+                 f"jalign {importlib.metadata.version('jalign')}"):
         assert fact in card, (fact, card)
 
 
 def test_dtype_sets_the_saved_precision(full_run, tmp_path):
-    """--dtype bfloat16: every tensor is bf16 and equals the float32 weight rounded to bf16 (torch's cast)."""
+    """`jalign export --dtype bfloat16`: every tensor is bf16 and equals the float32 weight rounded to bf16
+    (torch's cast)."""
     run, model, _ = full_run
-    export(run, tmp_path, dtype="bfloat16")
+    assert main(["export", str(run), str(tmp_path), "--dtype", "bfloat16"]) == 0
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     embed = torch.tensor(np.asarray(model.embed[...])).to(torch.bfloat16)
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
@@ -212,3 +221,28 @@ def test_trained_full_finetune_export_matches_the_trained_policy(tmp_path):
     assert not pathlib.Path(data).exists()
     export(run, tmp_path / "out")
     np.testing.assert_allclose(_torch_logprobs(_load(tmp_path / "out")), reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_lora_on_a_hugging_face_base_loads_onto_that_base(tmp_path):
+    """A 2-step LoRA run on a random Qwen2 checkpoint (q/k/v biases): the PEFT adapter names that directory as
+    its base and, loaded onto it, reproduces the trained policy; the merged export does too."""
+    import peft
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    hf_dir = tmp_path / "qwen2"
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(str(hf_dir))
+    data = tmp_path / "data.jsonl"
+    shutil.copy(DATA, data)
+    exp = _lora_experiment(tmp_path, data, 2, lora_rank=4)
+    exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, arch=None, hf_dir=str(hf_dir)))
+    reference = _train(exp)
+    export(exp.train.out_dir, tmp_path / "adapter", peft=True)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(hf_dir.absolute())
+    model = peft.PeftModel.from_pretrained(_load(hf_dir), str(tmp_path / "adapter")).eval()
+    np.testing.assert_allclose(_torch_logprobs(model), reference, atol=1e-4, rtol=0)
+    export(exp.train.out_dir, tmp_path / "merged", merge_lora=True)
+    np.testing.assert_allclose(_torch_logprobs(_load(tmp_path / "merged")), reference, atol=1e-4, rtol=0)
