@@ -126,8 +126,11 @@ def full_run(tmp_path_factory):
     # Saved as JSON null and a list: read back as None and a tuple.
     exp = dataclasses.replace(exp, mesh=MeshConfig(rules={"embed": None, "batch": ("data", "fsdp")}))
     check_and_save(exp, pathlib.Path(exp.train.out_dir), resuming=False)
-    model = Decoder(exp.model.arch, rngs=nnx.Rngs(3))
-    params = nnx.state(model, nnx.Param)
+    # Random N(0, 0.3) weights drawn on the host: no initialiser is compiled.
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(exp.model.arch, rngs=nnx.Rngs(0))), nnx.Param)
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0.0, 0.3, x.shape), x.dtype), params)
+    model = nnx.merge(graphdef, params)
     state = TrainState(jnp.asarray(5, jnp.int32), params, optax.adam(1e-3).init(params), jax.random.key(0))
     checkpointer = Checkpointer(pathlib.Path(exp.train.out_dir) / "checkpoints")
     checkpointer.save(5, state, {"position": 0})
