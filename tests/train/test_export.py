@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorstore as ts
 import torch
 import transformers
 from flax import nnx
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from jalign.cli import main
 from jalign.models import Decoder
 from jalign.models.tokenizer import CHAT_TEMPLATE
-from jalign.train.checkpoint import Checkpointer
+from jalign.train.checkpoint import CheckpointError, Checkpointer
 from jalign.sharding import MeshConfig
 from jalign.train.export import export, read_run
 from jalign.train.loop import train
@@ -172,6 +173,23 @@ def test_dtype_sets_the_saved_precision(full_run, tmp_path):
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
         assert torch.equal(f.get_tensor("model.embed_tokens.weight"), embed)
+
+
+def test_a_flipped_parameter_bit_is_refused_by_the_digest(full_run, tmp_path):
+    """The lowest mantissa bit of one parameter, rewritten through tensorstore (a file orbax reads without
+    complaint): export restores only the parameters, and still checks them against the checkpoint's digest."""
+    run, _, _ = full_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state = {"driver": "ocdbt", "base": f"file://{copy / 'checkpoints' / '5' / 'state'}/"}
+    keys = [k.decode() for k in ts.KvStore.open(state).result().list().result()]
+    name = sorted(k.removesuffix("/.zarray") for k in keys if k.startswith("params.") and k.endswith("/.zarray"))[0]
+    array = ts.open({"driver": "zarr", "kvstore": {**state, "path": name + "/"}}, open=True).result()
+    values = array.read().result()
+    values.reshape(-1).view(np.uint32)[0] ^= 1
+    array.write(values).result()
+    with pytest.raises(CheckpointError, match="checkpoint step 5 .* digest mismatch in 1 array"):
+        export(copy, tmp_path / "out")
 
 
 def test_merged_lora_export_matches_the_trained_policy(lora_run, tmp_path):
