@@ -1,4 +1,4 @@
-"""The `jalign` command line: train, sweep, reproduce, objectives.
+"""The `jalign` command line: train, sweep, export, reproduce, objectives.
 
 Errors the user can fix print one line, ``jalign: error: ...``, and exit 2
 (``--debug`` adds the traceback). They are a missing file or folder
@@ -132,6 +132,16 @@ def _sweep(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from jalign.train.export import export
+
+    result = export(args.run_dir, args.out_dir, step=args.step, merge_lora=args.merge_lora, peft=args.peft,
+                    dtype=args.dtype)
+    base = f"; load it onto the base in {result['base']} with peft" if result["base"] else ""
+    print(f"wrote {result['out_dir']} ({result['format']}) from checkpoint step {result['step']}{base}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jalign", description=__doc__.split("\n\n")[0],
                                      epilog="exit status: 0 done, 2 user error, 75 lost peer, 130 interrupted")
@@ -158,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one `jalign train` command per point (run it on every host of a slice)")
     _resume_and_debug_flags(sweep)
     sweep.set_defaults(run=_sweep)
+
+    export = commands.add_parser("export", help="write a run's checkpoint as a Hugging Face directory")
+    export.add_argument("run_dir", help="the run's folder (train.out_dir)")
+    export.add_argument("out_dir", help="the Hugging Face directory to write")
+    export.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    lora = export.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", action="store_true", help="fold a LoRA run's adapters into the weights")
+    lora.add_argument("--peft", action="store_true", help="write a LoRA run's adapters as a PEFT adapter")
+    export.add_argument("--dtype", help="saved precision: float32, bfloat16 or float16 (default: the run's)")
+    export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    export.set_defaults(run=_export)
 
     reproduce = commands.add_parser("reproduce", help="run a theory-paper reproduction")
     reproduce.add_argument("name", help="reproduction name (file in experiments/reproduce)")

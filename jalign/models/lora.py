@@ -9,7 +9,7 @@ and the base ``nnx.Param`` weights never change.
 `reference_view` returns the same model with adapter scales set to zero: it
 shares every base array with the policy (nothing is copied), so the policy
 and its reference cost one set of weights. `merge` folds adapters into the
-kernels for export.
+kernels for export; `peft_adapter` converts them to PEFT's LoRA format.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jalign.models.checkpoint import weight_table
 from jalign.models.layers import Projection
 
 
@@ -110,3 +112,61 @@ def merge(model: nnx.Module) -> nnx.Module:
         proj.kernel.set_value((kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
         proj.lora_a = proj.lora_b = proj.lora_scale = None
     return model
+
+
+def _hf_modules(cfg) -> dict[str, str]:
+    """Per-layer projection path (``layers.0.attn.q_proj``) -> Hugging Face module name, for plain linears.
+
+    Every rope family stores a projection as one torch ``Linear`` whose weight
+    is the kernel flattened to ``[in, out]`` and transposed; GPT-2 packs q, k
+    and v into one ``Conv1D``, which an adapter per projection does not map to.
+    """
+    if cfg.model_type == "gpt2":
+        raise ValueError("a PEFT adapter needs one torch Linear per adapted projection; GPT-2 packs q, k and v "
+                         "into c_attn: export with --merge-lora instead")
+    modules = {}
+    for entry in weight_table(cfg):
+        (hf,), (path,) = entry.hf, entry.paths
+        if path.endswith(".kernel") and hf.endswith(".weight"):
+            modules[path.removesuffix(".kernel")] = hf.removesuffix(".weight")
+    return modules
+
+
+def peft_adapter(model: nnx.Module, *, alpha: float) -> tuple[dict[str, np.ndarray], dict]:
+    """The model's adapters in PEFT's LoRA format: ``(tensors, adapter_config fields)``.
+
+    Per adapted layer, ``lora_A.weight`` ``[r, in]`` is A flattened to
+    ``[in, r]`` and transposed, ``lora_B.weight`` ``[out, r]`` likewise from B
+    ``[r, out...]`` (torch ``Linear`` weights are ``[out, in]``), under PEFT's
+    key ``base_model.model.<module>.lora_A.weight``. PEFT scales by
+    ``lora_alpha / r`` as jalign does; a layer whose scale is 0 (no target
+    pattern named it) is left out. ``target_modules`` names a projection by its
+    short name when every layer has it adapted, else each adapted module in full.
+    """
+    modules = _hf_modules(model.cfg)
+    tensors, targets, rank = {}, set(), None
+    for proj, name, paths in _projections(model):
+        if proj.lora_a is None:
+            continue
+        lead = _layer_axes(proj)
+        rank = proj.lora_a.shape[-1]
+        scales = np.asarray(proj.lora_scale[...]).reshape(-1)
+        if not np.allclose(scales[scales != 0], alpha / rank):
+            raise ValueError(f"{name}: adapter scales {sorted(set(scales.tolist()))} are not lora_alpha / r = "
+                             f"{alpha} / {rank}")
+        adapted = [i for i, scale in enumerate(scales) if scale != 0]
+        if lead and len(adapted) == len(paths):
+            targets.add(modules[paths[0]].rsplit(".", 1)[-1])
+        else:
+            targets.update(modules[paths[i]] for i in adapted)
+        for i in adapted:
+            a = np.asarray(proj.lora_a[...][i] if lead else proj.lora_a[...])    # [in..., r]
+            b = np.asarray(proj.lora_b[...][i] if lead else proj.lora_b[...])    # [r, out...]
+            key = f"base_model.model.{modules[paths[i]]}"
+            tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, rank).T)
+            tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(b.reshape(rank, -1).T)
+    if rank is None:
+        raise ValueError("model has no LoRA adapters")
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": sorted(targets),
+              "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False}
+    return tensors, config

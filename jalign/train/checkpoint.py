@@ -291,6 +291,45 @@ class Checkpointer:
         _verify(restored["digest"], raw, data_state)
         return dataclasses.replace(raw, rng=jax.random.wrap_key_data(raw.rng)), data_state
 
+    def steps(self) -> list[int]:
+        """The steps of the finalised checkpoints, oldest first (not verified)."""
+        return sorted(self._manager.all_steps())
+
+    def restore_params(self, step: int, like: Any) -> tuple[Any, tuple[str, ...]]:
+        """Only ``TrainState.params`` of ``step``, placed like ``like``, each array verified against the digest.
+
+        Reads neither the optimizer state nor the data state (what an export
+        needs). ``like`` is a params tree of arrays or ``jax.ShapeDtypeStruct``
+        with shardings; parameters of the checkpoint it does not name (a head
+        the run trained beside the policy) are left unread.
+
+        Returns:
+          ``(params, left_out)``: the params and the saved parameter paths not restored.
+
+        Raises:
+          CheckpointError: the checkpoint is damaged or does not hold ``like``'s parameters.
+        """
+        self.wait()
+        abstract = {"params": jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like)}
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=abstract,
+                                             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                             partial_restore=True),
+                digest=ocp.args.JsonRestore()))
+            params, stored = restored["state"]["params"], restored["digest"]
+            arrays, _ = _inspect(TrainState(None, params, None, None))
+            expected = stored.get("arrays", {}) if isinstance(stored, dict) else {}
+            differ = sorted(p for p in arrays if arrays[p] != expected.get(p))
+            if differ:
+                raise _Damaged(f"digest mismatch in {len(differ)} array(s), e.g. {differ[:3]}")
+        except Exception as error:  # noqa: BLE001 - any failure to read is reported as one error
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be restored: "
+                                  f"{_reason(error)}") from None
+        left_out = tuple(p for p in expected if p.startswith(".params") and p not in arrays)
+        return params, left_out
+
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
         """The verified state of ``step``, placed like ``like`` (same shapes and shardings), and the data state.
 
