@@ -20,6 +20,7 @@ def pytest_addoption(parser):
         help="also run tests marked slow (full-length reproductions, large shapes)")
 
 
+@pytest.hookimpl(trylast=True)  # after the tmpdir plugin has set up pytest's temporary root
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # an xdist worker: the controller set the cache up
         return

@@ -98,14 +98,22 @@ def _plain(value: Any) -> Any:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # a function's address changes from run to run
 
 
-def changed_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"path: old -> new"`` for each field that differs and changes what is trained."""
+def changed_fields(saved: Mapping[str, Any], current: Mapping[str, Any],
+                   defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``"path: old -> new"`` for each field that differs and changes what is trained.
+
+    A field absent from ``saved`` whose current value is its default (in
+    ``defaults``) is no change: it was added to jalign after the run was
+    saved, and the saved run trained as the default says.
+    """
     constant_lr = current.get("optimizer.schedule") == "constant" == saved.get("optimizer.schedule")
     changes = []
     for key in [*current, *(k for k in saved if k not in current)]:
         if any(key == f or key.startswith(f + ".") for f in FREE_FIELDS) or (key == "train.steps" and constant_lr):
             continue
         old, new = saved.get(key, _ABSENT), current.get(key, _ABSENT)
+        if old is _ABSENT and defaults is not None and key in defaults and _same(defaults[key], new):
+            continue
         if not _same(old, new):
             changes.append(f"{key}: {_show(old)} -> {_show(new)}")
     return changes
@@ -118,6 +126,14 @@ def _same(a: Any, b: Any) -> bool:
 
 def _show(value: Any) -> str:
     return value if value is _ABSENT else json.dumps(value)
+
+
+def _defaults(config: Any) -> dict[str, Any] | None:
+    """The flattened values of a config built from its defaults (None when its type has no defaults)."""
+    try:
+        return json.loads(json.dumps(flatten(type(config)())))
+    except TypeError:
+        return None
 
 
 def check_and_save(config: Any, out_dir: pathlib.Path, *, resuming: bool, allow_changes: bool | None = None,
@@ -134,7 +150,7 @@ def check_and_save(config: Any, out_dir: pathlib.Path, *, resuming: bool, allow_
     path = pathlib.Path(out_dir) / CONFIG_FILE
     current = json.loads(json.dumps(flatten(config)))  # the values as they will read back
     if resuming and path.exists():
-        changes = changed_fields(json.loads(path.read_text()), current)
+        changes = changed_fields(json.loads(path.read_text()), current, _defaults(config))
         allow = _ALLOW_CHANGES.get() if allow_changes is None else allow_changes
         if changes and not allow:
             raise ConfigChangedError(

@@ -242,3 +242,10 @@ def test_which_fields_change_what_is_trained(tmp_path):
         "data.max_length: 128 -> 64", 'data.split: null -> "train"', "train.batch_size: 4 -> 8",
         "train.seed: 0 -> 1"]
     assert saved["objective"] == "dpo+sft" and saved["objective.sft.weight"] == 0.1
+    # A run saved before the online section existed trained as its defaults say; only a non-default value changes it.
+    from jalign.train.config import Experiment
+    older = {k: v for k, v in saved.items() if not k.startswith("online.")}
+    defaults = json.loads(json.dumps(flatten(Experiment())))
+    assert changed_fields(older, saved, defaults) == []
+    more = json.loads(json.dumps(flatten(apply_overrides(base, ["online.win_samples=3"]))))
+    assert changed_fields(older, more, defaults) == ["online.win_samples: (absent) -> 3"]
