@@ -111,9 +111,10 @@ class FunctionJudge:
             raise ValueError(f"kind must be 'reward' or 'preference'; got {self.kind!r}")
 
     def describe(self) -> str:
-        """What judges (for the saved run config): the function's qualified name and the settings."""
+        """What judges (for the saved run config): the function's name (not its module, which is ``__main__``
+        when the experiment runs as a script) and the settings."""
         fn = getattr(self.fn, "__qualname__", type(self.fn).__qualname__)
-        return f"FunctionJudge({getattr(self.fn, '__module__', '?')}.{fn}, kind={self.kind}, temperature={self.temperature})"
+        return f"FunctionJudge({fn}, kind={self.kind}, temperature={self.temperature})"
 
     def preference(self, prompts, a, b) -> np.ndarray:
         if self.kind == "preference":

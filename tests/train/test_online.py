@@ -9,7 +9,9 @@ temperature -> 0), and an uninterrupted run (resumption).
 
 import dataclasses
 import math
+import os
 import pathlib
+import random
 import sys
 
 import jax
@@ -119,13 +121,21 @@ def test_an_offline_objective_with_prompts_is_refused(tmp_path):
         loop.plan_for(experiment(tmp_path, 1, "dpo"))
 
 
-def test_an_online_run_stopped_and_resumed_matches_an_uninterrupted_one(tmp_path):
-    """SPPO refreshes its previous iterate every 2 steps: the resumed run restores it and the sampling RNG."""
-    straight = loop.train(experiment(tmp_path / "straight", 4, "sppo"), progress=False)
-    exp = experiment(tmp_path / "stopped", 4, "sppo")
-    loop.train(exp, stop_at=3, progress=False)
+def test_a_killed_online_run_resumes_to_identical_metrics(tmp_path):
+    """SPPO refreshes its previous iterate every 2 steps; a run SIGKILLed after checkpoint 1 or 2 restores it and the
+    sampling RNG, and matches the uninterrupted run (the independent reference) bitwise in every logged metric."""
+    from test_resume import kill_after
+
+    steps = 4
+    straight = loop.train(experiment(tmp_path / "straight", steps, "sppo"), progress=False)
+    killed = tmp_path / "killed"
+    exp = experiment(killed, steps, "sppo")  # the tokenizer first, so the subprocess starts straight into training
+    rng = random.Random(os.getpid())
+    after = rng.randint(1, 2)
+    kill_after(killed, after, rng, [sys.executable, str(HERE / "online_experiment.py"), str(killed), str(steps), "sppo"])
     resumed = loop.train(exp, progress=False)
-    assert resumed["resumed_from"] == 3
-    rows = [without_wall_clock(r) for r in read_metrics(tmp_path / "stopped" / "run" / "metrics.jsonl")]
+    assert after <= resumed["resumed_from"] < steps
+    rows = [without_wall_clock(r) for r in read_metrics(killed / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     assert rows == [without_wall_clock(r) for r in read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")]
     assert without_wall_clock(resumed["metrics"]) == without_wall_clock(straight["metrics"])

@@ -28,8 +28,9 @@ def _wait_for(condition, proc) -> None:
         time.sleep(0.005)
 
 
-def _kill_after(out: pathlib.Path, step: int, rng: random.Random) -> None:
-    """Starts training in a subprocess and SIGKILLs it at a random moment after checkpoint ``step``.
+def kill_after(out: pathlib.Path, step: int, rng: random.Random, command: list[str]) -> None:
+    """Starts training (``command``, writing to ``out``) in a subprocess and SIGKILLs it at a random moment
+    after checkpoint ``step``.
 
     The moment is a random fraction of one step's duration (measured in this
     run: checkpoint ``step`` final -> metrics row ``step + 1``) after row
@@ -37,8 +38,7 @@ def _kill_after(out: pathlib.Path, step: int, rng: random.Random) -> None:
     next step's computation, on a fast machine or a slow one.
     """
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, str(HERE / "tiny_experiment.py"), str(out), str(STEPS)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     finalised = out / "run" / "checkpoints" / str(step)  # orbax renames the temporary folder when done
     metrics = out / "run" / "metrics.jsonl"
     _wait_for(finalised.is_dir, proc)
@@ -56,7 +56,8 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     experiment(interrupted, STEPS)  # tokenizer first, so the subprocess starts straight into training
     rng = random.Random(os.getpid())
     kill_after_step = rng.randint(1, STEPS - 3)
-    _kill_after(interrupted, kill_after_step, rng)
+    kill_after(interrupted, kill_after_step, rng,
+               [sys.executable, str(HERE / "tiny_experiment.py"), str(interrupted), str(STEPS)])
     resumed = train(experiment(interrupted, STEPS), progress=False)
     assert kill_after_step <= resumed["resumed_from"] < STEPS
     straight_rows = read_metrics(tmp_path / "straight" / "run" / "metrics.jsonl")
