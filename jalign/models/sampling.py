@@ -125,8 +125,9 @@ def _shard_cache(cache: PromptCache) -> PromptCache:
 def _prefill(model: Decoder, tokens, mask, size):
     """Runs the left-aligned prompt [B, P] into a fresh cache of ``size`` slots -> (logits [B, V], cache)."""
     cache = _shard_cache(model.init_cache(tokens.shape[0], size))
-    logits, cache = model.decode(tokens, mask, default_positions(mask), cache)
-    return constrain(logits[:, -1], _PER_ROW), _shard_cache(cache)
+    hidden, cache = model.decode(tokens, mask, default_positions(mask), cache, return_hidden=True)
+    # Only the last position predicts a token: no [B, P, V] logits.
+    return constrain(model.logits(hidden[:, -1]), _PER_ROW), _shard_cache(cache)
 
 
 def _extend(model: Decoder, cache, token, live, positions):
