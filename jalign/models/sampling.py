@@ -23,6 +23,24 @@ Three layers, so a trainer can put generation inside its own jitted step:
   KV caches and outputs are sharded like activations (batch over the
   ``batch`` rule's axes, kv heads over ``act_kv_heads``);
 * `generate` is ``sample`` under ``nnx.jit`` for standalone use.
+
+The sources an online objective declares map to arguments: the policy, the
+reference or a frozen previous iterate is ``model`` alone; the mixture is
+``model`` (the policy) with ``ref_model`` and ``beta``. In a trainer's step,
+with ``graphdef, params = nnx.split(policy)`` placed on the mesh::
+
+    def rollout(params, prompt, prompt_mask, key, beta):
+        with jalign.sharding.activate(mesh, rules):
+            policy = nnx.merge(graphdef, params)
+            return sample(policy, prompt, prompt_mask, key, cfg,
+                          ref_model=reference_view(policy), beta=beta)
+
+    jax.jit(rollout, in_shardings=(param_shardings, rows, rows, replicated, replicated))
+
+`Generation.logprobs` at temperature 1 without top-k/top-p or a mixture
+are the policy's log-probs of the tokens, as `jalign.models.scoring.score`
+computes them for ``response_tokens=tokens[:, None]``,
+``response_mask=mask[:, None]``.
 """
 
 from __future__ import annotations
