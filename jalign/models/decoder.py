@@ -222,15 +222,19 @@ class Decoder(nnx.Module):
                            jnp.zeros((batch, size), bool), jnp.asarray(0, jnp.int32))
 
     def decode(self, tokens: jax.Array, mask: jax.Array, positions: jax.Array,
-               cache: PromptCache) -> tuple[jax.Array, PromptCache]:
-        """Appends tokens [B, T] at slot ``cache.length``: -> (logits [B, T, V], cache)."""
+               cache: PromptCache, *, return_hidden: bool = False) -> tuple[jax.Array, PromptCache]:
+        """Appends tokens [B, T] at slot ``cache.length``: -> (logits [B, T, V], cache).
+
+        ``return_hidden`` gives the final hidden states [B, T, E] instead (a
+        prefill needs only the last position's logits, `Decoder.logits`).
+        """
         t = tokens.shape[1]
         at = cache.length
         kv_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), (0, at))
         kv_valid = jax.lax.dynamic_update_slice(cache.valid, mask.astype(bool), (0, at))
         ctx = Context(positions[:, None], at + jnp.arange(t), mask[:, None].astype(bool),
                       kv_pos, jnp.arange(cache.valid.shape[1]), kv_valid, at)
-        logits, own = self._run(tokens[:, None], ctx, (cache.k, cache.v), False, keep_kv=True)
+        logits, own = self._run(tokens[:, None], ctx, (cache.k, cache.v), return_hidden, keep_kv=True)
         # The scan only reads the cache; writing the new slots after it lets XLA update it in place.
         k, v = (jax.lax.dynamic_update_slice(c, o[:, :, 0].astype(c.dtype), (0, 0, at, 0, 0))
                 for c, o in zip((cache.k, cache.v), own))                  # [L, B, S, K, D]

@@ -1,5 +1,6 @@
 """KV-cache generation, filtering and mixture sampling against explicit computations."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,16 +8,18 @@ import pytest
 from flax import nnx
 
 from hf_tiny import jit_forward, padded_batch
-from jalign.models import Decoder, ModelConfig
-from jalign.models.sampling import (SamplingConfig, filtered_logprobs, generate, left_align,
-                                    mixture_logprobs, sample_token)
+from jalign.models import Decoder, ModelConfig, load_hf
+from jalign.models.lora import add_lora, reference_view
+from jalign.models.sampling import (SamplingConfig, advance, filtered_logprobs, generate, left_align,
+                                    mixture_logprobs, sample, sample_token, start, step_logprobs)
+from jalign.models.scoring import score
 
 
-def _full_forward_logprobs(model, prompt, mask, generated, gen_mask):
-    """Log-softmax of one uncached forward over each row's prompt + generated tokens.
+def _full_forward_logits(model, prompt, mask, generated, gen_mask):
+    """Logits of one uncached forward over each row's prompt + generated tokens.
 
     Rows are rebuilt right-padded (valid prompt tokens, then the generated
-    ones); returns [B, N, V] next-token log-probs at the generated positions.
+    ones); returns float64 [B, N, V] next-token logits at the generated positions.
     """
     b, n = generated.shape
     seqs = np.zeros((b, prompt.shape[1] + n), np.int32)
@@ -25,9 +28,20 @@ def _full_forward_logprobs(model, prompt, mask, generated, gen_mask):
     for i in range(b):
         seqs[i, :lengths[i] + n] = np.concatenate([prompt[i][mask[i]], generated[i]])
         seq_mask[i, :lengths[i] + n] = np.concatenate([np.ones(lengths[i], bool), gen_mask[i]])
-    logp = jax.nn.log_softmax(jit_forward(model, jnp.asarray(seqs), jnp.asarray(seq_mask)), -1)
+    logits = np.asarray(jit_forward(model, jnp.asarray(seqs), jnp.asarray(seq_mask)), np.float64)
     index = lengths[:, None] - 1 + np.arange(n)                            # [B, N]
-    return np.take_along_axis(np.asarray(logp), index[..., None], 1)
+    return np.take_along_axis(logits, index[..., None], 1)
+
+
+def _log_softmax(logits):
+    """float64 NumPy log-softmax over the last axis."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _full_forward_logprobs(model, prompt, mask, generated, gen_mask):
+    """float64 next-token log-probs [B, N, V] of the uncached forward (see `_full_forward_logits`)."""
+    return _log_softmax(_full_forward_logits(model, prompt, mask, generated, gen_mask))
 
 
 def _picked(logp, tokens):
@@ -91,6 +105,37 @@ def test_mixture_logprobs_explicit():
         np.testing.assert_allclose(got, q, atol=1e-6)
 
 
+@nnx.jit
+def _score(model, batch):
+    return score(model, batch)
+
+
+def test_generation_logprobs_equal_the_scoring_path(jalign_models):
+    """At temperature 1 (no top-k/p, no mixture) `Generation.logprobs` are what training scores.
+
+    The online trainer scores sampled responses with `jalign.models.scoring`:
+    the original prompt [B, P] (any padding) and the generation as one
+    right-padded response per prompt [B, 1, N]. Rows stop at different
+    lengths (per-row stop tokens taken from a free run, as in
+    `test_per_row_stop_tokens`, whose compiled program this reuses).
+    Independent path: prompt encoded once, completions through the fused
+    log-prob kernel; no KV cache.
+    """
+    model = jalign_models("gemma2")
+    tokens, mask, _ = padded_batch(seed=2)
+    run = SamplingConfig(8)
+    free = generate(model, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), run, NO_STOP)
+    stops = jnp.array([[int(free.tokens[0, 2])], [int(free.tokens[1, 5])], [-1]], jnp.int32)
+    out = generate(model, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), run, stops)
+    lengths = np.asarray(out.mask).sum(-1)
+    assert lengths[2] == 8 and lengths[0] <= 3 and lengths[1] <= 6, lengths
+    batch = dict(prompt_tokens=jnp.asarray(tokens), prompt_mask=jnp.asarray(mask),
+                 response_tokens=out.tokens[:, None], response_mask=out.mask[:, None])
+    logprobs, target_mask = _score(model, batch)                              # [B, 1, N]
+    np.testing.assert_array_equal(target_mask[:, 0], out.mask)
+    np.testing.assert_allclose(np.where(out.mask, logprobs[:, 0], 0.0), out.logprobs, atol=1e-5, rtol=0)
+
+
 def _explicit_filtered(logits, temperature, top_k, top_p):
     p = np.exp(logits / temperature)
     p /= p.sum()
@@ -122,24 +167,64 @@ def test_filtering_and_sampling_frequencies(temperature, top_k, top_p):
     np.testing.assert_allclose(freq, want, atol=0.012)
 
 
-def test_mixture_generation_matches_explicit(jalign_models):
-    """Mixture tokens' log-probs equal the explicit mixture of two full forwards.
+def _lora_policy(directory):
+    """The checkpoint with LoRA adapters whose B matrices are redrawn, so policy != base."""
+    policy = load_hf(directory)
+    add_lora(policy, rank=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj"), rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(3)
+    nnx.update(policy, jax.tree.map(lambda x: x if x.any() else 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                                    nnx.state(policy, nnx.LoRAParam)))
+    return policy
 
-    Policy and reference are different models over the same vocabulary
-    (gemma2 and llama); the explicit q = pi^(1-b) ref^b / Z is built from
-    their uncached forwards over the generated sequences.
+
+@nnx.jit(static_argnames=("cfg",))
+@chex.assert_max_traces(n=1)
+def _mixture_steps(policy, prompt, mask, key, beta, cfg):
+    """The LoRA base view as reference, inside one jit: the sampler's per-step log-probs.
+
+    Runs `start`, then `advance` N times, keeping `step_logprobs` before each
+    draw: logps [N, B, V], the generation, and `sample`'s own generation with
+    the same key (the loop `sample` runs is made of these same steps).
     """
-    policy, ref = jalign_models("gemma2"), jalign_models("llama")
+    ref = reference_view(policy)
+
+    def step(state, _):
+        return advance(state, policy, cfg, ref, beta), step_logprobs(state, cfg, beta)
+
+    state, logps = jax.lax.scan(step, start(policy, prompt, mask, key, cfg, None, ref), length=cfg.max_new_tokens)
+    return logps, state.out, sample(policy, prompt, mask, key, cfg, ref_model=ref, beta=beta)
+
+
+def test_mixture_distribution_equals_normalised_product_of_full_logits(hf_checkpoints):
+    """The mixture sampler's next-token distribution is normalise(pi^(1-b) ref^b), b in {0, 0.3, 1}.
+
+    pi is a gemma2 checkpoint with LoRA adapters, ref its LoRA base view
+    (`reference_view`, same module, one jit). Independent reference: each
+    model's plain forward ``model(tokens, mask)`` over prompt + generated
+    prefix (ref: the checkpoint loaded without adapters), softmax in float64
+    NumPy, powers multiplied and renormalised; compared to 1e-5 at all 6
+    decode positions (beyond gemma2's window of 4). ``beta`` is traced: the
+    three values share one trace (``chex.assert_max_traces``).
+    """
+    directory, _ = hf_checkpoints("gemma2")
+    policy, base = _lora_policy(directory), load_hf(directory)
     tokens, mask, _ = padded_batch(seed=4)
-    beta = 0.4
-    out = generate(policy, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(2),
-                   SamplingConfig(6), NO_STOP, ref_model=ref, beta=beta)
-    gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
-    lp = _full_forward_logprobs(policy, tokens, mask, gen, gen_mask)
-    lr = _full_forward_logprobs(ref, tokens, mask, gen, gen_mask)
-    q = np.exp(lp) ** (1 - beta) * np.exp(lr) ** beta
-    q /= q.sum(-1, keepdims=True)
-    np.testing.assert_allclose(out.logprobs, np.log(_picked(q, gen)), atol=1e-4)
+    cfg = SamplingConfig(6)
+    for beta in (0.0, 0.3, 1.0):
+        logps, out, sampled = _mixture_steps(policy, jnp.asarray(tokens), jnp.asarray(mask),
+                                             jax.random.key(2), jnp.float32(beta), cfg)
+        np.testing.assert_array_equal(out.tokens, sampled.tokens)
+        np.testing.assert_array_equal(out.logprobs, sampled.logprobs)
+        gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
+        assert gen_mask.all()
+        lp = _full_forward_logprobs(policy, tokens, mask, gen, gen_mask)       # [B, N, V]
+        lr = _full_forward_logprobs(base, tokens, mask, gen, gen_mask)
+        q = np.exp((1 - beta) * lp + beta * lr)
+        q /= q.sum(-1, keepdims=True)
+        np.testing.assert_allclose(np.exp(np.asarray(logps)).transpose(1, 0, 2), q, atol=1e-5, rtol=0,
+                                   err_msg=f"{beta=}")
+        if beta == 0.3:   # the two endpoints differ, so the mixture is a real mixture
+            assert np.abs(np.exp(lp) - np.exp(lr)).max() > 1e-2
 
 
 def test_left_align():
