@@ -46,7 +46,7 @@ from flax import nnx
 
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
 from jalign.models import load_hf, lora
-from jalign.models.sampling import Generation, SamplingConfig, generate
+from jalign.models.sampling import Generation, SamplingConfig, sample
 from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
 from jalign.objectives.declaration import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
@@ -362,7 +362,7 @@ def _draw_fn(graphdef, plan: Plan, cfg: SamplingConfig, stops: np.ndarray, mesh,
             tokens = jnp.repeat(prompt_tokens, copies, axis=0)
             mask = jnp.repeat(prompt_mask, copies, axis=0)
             key = jax.random.fold_in(rng, salt)
-            return generate(model, tokens, mask, key, cfg, jnp.asarray(stops), ref_model=partner, beta=mixture)
+            return sample(model, tokens, mask, key, cfg, jnp.asarray(stops), ref_model=partner, beta=mixture)
 
     return draw
 
