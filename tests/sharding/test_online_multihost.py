@@ -57,8 +57,10 @@ def test_two_processes_train_an_online_objective_like_one(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     expected, got = _rows(single_out), _rows(multi_out)
     assert [row["step"] for row in got] == [row["step"] for row in expected] == list(range(1, STEPS + 1))
+    # SPPO's log-ratio to the previous iterate is 0 up to rounding right after each refresh (steps 1 and 3): atol.
     for key in ("loss", "logratio", "gen/length", "tokens"):
-        np.testing.assert_allclose([row[key] for row in got], [row[key] for row in expected], rtol=2e-5, err_msg=key)
+        np.testing.assert_allclose([row[key] for row in got], [row[key] for row in expected], rtol=2e-5, atol=1e-5,
+                                   err_msg=key)
     np.testing.assert_allclose(got[-1]["online/win_rate"], expected[-1]["online/win_rate"], rtol=1e-6)
     for _, (out, _) in zip(procs, outputs):
         assert _report(out) == _report(single.stdout)
