@@ -1,6 +1,7 @@
 """A tiny online experiment: a random tiny Llama generates answers to the shipped prompts, judged by a rule.
 
-Run as a script, ``python online_experiment.py OUT STEPS OBJECTIVE`` trains it
+``jalign train tests/train/online_experiment.py --set objective=nash_md`` trains it
+in ``runs/online_tiny`` under the working directory. Run as a script, ``python online_experiment.py OUT STEPS OBJECTIVE`` trains it
 (what the kill-and-resume and two-process tests start).
 """
 
@@ -33,8 +34,8 @@ def tokenizer_dir(out: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def experiment(out: pathlib.Path, steps: int, objective: str = "online_dpo", *, checkpoint_every: int = 1,
-               batch_size: int = 4, **online) -> Experiment:
+def experiment(out: pathlib.Path = pathlib.Path("runs/online_tiny"), steps: int = 2, objective: str = "online_dpo", *,
+               checkpoint_every: int = 1, batch_size: int = 4, **online) -> Experiment:
     arch = ModelConfig("llama", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                        head_dim=8, mlp_dim=64)
     settings = dict(prompts=str(PROMPTS), judge=FunctionJudge(vowel_reward, kind="reward", temperature=0.1),

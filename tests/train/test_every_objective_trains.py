@@ -5,7 +5,8 @@ experiment file and ``--set`` overrides) on a one-layer model for three steps,
 on shipped data that carries the labels its declaration names. Offline
 objectives must give a finite loss and a non-zero parameter update at every
 step; objectives whose responses are sampled during training must be refused
-before anything is built, with the reason. By default one objective per
+before anything is built, with the reason, when the run has no prompts and
+judge to generate them with (``tests/train/test_online.py`` trains them). By default one objective per
 distinct input declaration runs (18 of 49: each way the provider serves
 inputs); ``--runslow`` runs every one.
 """
@@ -96,7 +97,7 @@ def test_sampled_objective_is_refused_before_building(name, assets, tmp_path, mo
             "--set", f"model.tokenizer={assets / 'tokenizer'}", "--set", f"train.out_dir={tmp_path / 'run'}"]
     assert cli.main(argv) == 2
     error = capsys.readouterr().err
-    assert f"{name}: its responses are sampled during training" in error and "no generation loop" in error
+    assert f"{name}: its responses are sampled during training" in error and "online.prompts" in error
 
 
 def _experiment(assets, tmp_path, name):
