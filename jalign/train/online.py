@@ -114,6 +114,18 @@ def _slot_groups(slots: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
+def _in_slot_order(drawn: dict[str, Drawn], groups: dict[str, list[int]]) -> Drawn:
+    """The responses of every slot ``[B, G, ...]``, gathered from the draws of their sources."""
+    where = sorted((g, source, copy) for source, slots in groups.items() for copy, g in enumerate(slots))
+
+    def stack(field: str) -> np.ndarray:
+        return np.stack([getattr(drawn[source], field)[:, copy] for _, source, copy in where], 1)
+
+    rows = len(next(iter(drawn.values())).texts)
+    texts = [[drawn[source].texts[i][copy] for _, source, copy in where] for i in range(rows)]
+    return Drawn(stack("tokens"), stack("mask"), texts, stack("stopped"))
+
+
 class Rollout:
     """One step's responses and labels for an online objective (see the module docstring).
 
@@ -228,16 +240,10 @@ class Rollout:
         prompts = next(self.iterator)
         device_prompts = {k: jnp.asarray(v) for k, v in prompts.items() if k != "record_index"}
         started = time.perf_counter()
-        slots = self.sampling.responses
-        groups = _slot_groups(slots)
-        drawn = {source: self.draw(state, frozen, device_prompts, objective, source, len(index), _SLOT_SALT + n)
-                 for n, (source, index) in enumerate(groups.items())}
-        order = [(source, groups[source].index(g)) for g in range(len(slots))
-                 for source in [SERVED.get(slots[g], slots[g])]]
-        responses = Drawn(np.stack([drawn[s].tokens[:, c] for s, c in order], 1),
-                          np.stack([drawn[s].mask[:, c] for s, c in order], 1),
-                          [[drawn[s].texts[i][c] for s, c in order] for i in range(len(prompts["record_index"]))],
-                          np.stack([drawn[s].stopped[:, c] for s, c in order], 1))
+        groups = _slot_groups(self.sampling.responses)
+        drawn = {source: self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n)
+                 for n, (source, slots) in enumerate(groups.items())}
+        responses = _in_slot_order(drawn, groups)
         texts = self._prompt_texts(prompts)
         labels = {}
         if "preference" in self.sampling.labels:
