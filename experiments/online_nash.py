@@ -249,7 +249,9 @@ def exact_metrics(log_pi, game, log_nash, dice: np.ndarray) -> dict[str, float]:
 
 
 def evaluation_hook(space: ResponseSpace, game, log_nash, log_ref: np.ndarray, history: list):
-    """``evaluate(step, policy, reference)`` for ``train``: exact metrics, appended to ``history`` too.
+    """``evaluate(step, policy, reference)`` for ``train``: exact metrics, logged and appended to ``history``.
+
+    ``history`` rows also keep the policy's ``[K]`` probabilities (for the JSON, not the log).
 
     Checks that the trainer's reference is the enumerated one (the equilibrium was computed from it).
     """
@@ -258,8 +260,9 @@ def evaluation_hook(space: ResponseSpace, game, log_nash, log_ref: np.ndarray, h
     def evaluate(step: int, policy, reference) -> dict[str, float]:
         if reference is not None and not np.allclose(response_logprobs(reference, space), log_ref, atol=1e-5):
             raise RuntimeError("the trainer's reference differs from the enumerated reference")
-        row = exact_metrics(response_logprobs(policy, space), game, log_nash, dice)
-        history.append({"step": step, **row})
+        log_pi = response_logprobs(policy, space)
+        row = exact_metrics(log_pi, game, log_nash, dice)
+        history.append({"step": step, **row, "policy": np.exp(log_pi)})
         return {f"exact/{k}": v for k, v in row.items()}
 
     return evaluate
@@ -309,11 +312,16 @@ def method_experiment(method: str, config: dict, reference_dir: pathlib.Path, ru
     return Experiment(online=online, **common)
 
 
+def run_name(method: str) -> str:
+    """The folder name of a method's run: ``"online DPO (BT judge)"`` -> ``"online_dpo_bt_judge"``."""
+    return re.sub(r"[^a-z0-9]+", "_", method.lower()).strip("_")
+
+
 def run_method(method: str, config: dict, out_dir: pathlib.Path, setup: dict) -> dict:
     """Trains one method from the reference; returns its exact-metric history and wall-clock seconds."""
-    run_dir = out_dir / "runs" / re.sub(r"[^a-z0-9]+", "_", method.lower()).strip("_")
+    run_dir = out_dir / "runs" / run_name(method)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time: train() would resume a finished one
-    history = [{"step": 0, **setup["reference_metrics"]}]
+    history = [{"step": 0, **setup["reference_metrics"], "policy": np.exp(setup["log_ref"])}]
     hook = evaluation_hook(setup["space"], setup["targets"]["game"], setup["targets"]["nash"], setup["log_ref"],
                            history)
     start = time.perf_counter()
@@ -385,7 +393,7 @@ def main(out_dir: pathlib.Path, quick: bool = False, methods: tuple[str, ...] = 
     setup = prepare(out_dir, config)
     results = {m: run_method(m, config, out_dir, setup) for m in methods}
     numbers = {**config, "beta": BETA, "mixture": MIXTURE, "bt_rewards": setup["targets"]["bt_rewards"],
-               "efron": EFRON, "reference": setup["reference_metrics"], "fixed_points": setup["fixed_points"],
+               "efron": EFRON, "responses": setup["space"].texts, "reference": setup["reference_metrics"], "fixed_points": setup["fixed_points"],
                "nash_dice": {d: setup["fixed_points"]["nash"][f"p_{d}"] for d in LETTERS},
                "methods": {m: {"final": r["history"][-1], "history": r["history"], "seconds": r["seconds"],
                                "fixed_point": THEORY[m]} for m, r in results.items()},
