@@ -367,18 +367,21 @@ def table(results: dict, fixed: dict) -> str:
 
 
 def _plot(results: dict, fixed: dict):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, result in results.items():
-        ax.plot([r["step"] for r in result["history"]], [r["exploitability"] for r in result["history"]],
-                marker="o", ms=3, label=method)
-    for point, style in (("nash", ":"), ("bt_optimum", "--")):
-        ax.axhline(fixed[point]["exploitability"], color="gray", ls=style, lw=0.9,
-                   label=f"exact {'regularised Nash' if point == 'nash' else 'BT optimum'}")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("exploitability max_y P(y ≻ pi) - 1/2 (exact)")
-    ax.set_title(f"Efron's dice on a tiny transformer, beta = tau = {BETA}")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, ax, label in (("exploitability", axes[0], "exploitability max_y P(y ≻ pi) - 1/2"),
+                           ("tv_to_nash", axes[1], "TV(pi, pi*_tau), pi* the regularised Nash equilibrium")):
+        for method, result in results.items():
+            ax.plot([r["step"] for r in result["history"]], [r[key] for r in result["history"]],
+                    marker="o", ms=3, label=method)
+        for point, style in (("nash", ":"), ("bt_optimum", "--")):
+            if fixed[point][key] > 0:
+                ax.axhline(fixed[point][key], color="gray", ls=style, lw=0.9,
+                           label=f"exact {'regularised Nash' if point == 'nash' else 'BT optimum'}")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{label} (exact)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Efron's dice on a tiny transformer, beta = tau = {BETA}")
     return fig
 
 
