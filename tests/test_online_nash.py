@@ -17,7 +17,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from scipy import optimize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,9 +69,14 @@ def test_efron_dice_by_hand_and_the_judge_on_texts():
     assert game.game_preference("", "A B C", "B A") == 0.0                   # three letters are invalid too
 
 
-def test_enumerated_logprobs_equal_the_plain_forward_pass(space):
-    """All 25 responses scored at once (prompt cache, kernel) equal per-sequence forwards, and sum to 1."""
-    model = game.Decoder(game.ARCH, rngs=nnx.Rngs(3))           # a random head: far from uniform
+def test_reference_is_uniform_and_enumeration_equals_the_plain_forward_pass(tmp_path, space):
+    """The zero-head reference is exactly uniform over the 25 responses. With a random head, all 25
+    scored at once (prompt cache, log-prob kernel) equal per-sequence forward passes and sum to 1."""
+    model = game.load_hf(str(game.make_reference(tmp_path / "reference")))
+    np.testing.assert_allclose(game.response_logprobs(model, space), -math.log(25.0), atol=1e-6)
+
+    head = model.lm_head.kernel
+    head[...] = jax.random.normal(jax.random.PRNGKey(3), head[...].shape)   # far from uniform
     got = game.response_logprobs(model, space)
     sequences = np.concatenate([np.broadcast_to(space.prompt, (len(space.tokens), len(space.prompt))),
                                 space.tokens], axis=1)           # [K, P + 2]
@@ -82,12 +86,8 @@ def test_enumerated_logprobs_equal_the_plain_forward_pass(space):
     expected = np.stack([logp[k, p - 1, t0] + logp[k, p, t1] for k, (t0, t1) in enumerate(space.tokens)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.exp(got).sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.ptp(got) > 1.0
     assert space.texts[:7] == ("_ _", "_ A", "_ B", "_ C", "_ D", "A _", "A A")
-
-
-def test_zero_head_reference_is_exactly_uniform(tmp_path, space):
-    log_ref = game.response_logprobs(game.load_hf(str(game.make_reference(tmp_path / "reference"))), space)
-    np.testing.assert_allclose(log_ref, -math.log(25.0), atol=1e-6)
 
 
 def test_bt_optimum_is_exploitable_and_the_equilibrium_is_not(space):
