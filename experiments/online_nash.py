@@ -396,8 +396,8 @@ def main(out_dir: pathlib.Path, quick: bool = False, methods: tuple[str, ...] = 
     setup = prepare(out_dir, config)
     results = {m: run_method(m, config, out_dir, setup) for m in methods}
     numbers = {**config, "beta": BETA, "mixture": MIXTURE, "bt_rewards": setup["targets"]["bt_rewards"],
-               "efron": EFRON, "responses": setup["space"].texts, "reference": setup["reference_metrics"], "fixed_points": setup["fixed_points"],
-               "nash_dice": {d: setup["fixed_points"]["nash"][f"p_{d}"] for d in LETTERS},
+               "efron": EFRON, "responses": setup["space"].texts, "reference": setup["reference_metrics"],
+               "fixed_points": setup["fixed_points"],
                "methods": {m: {"final": r["history"][-1], "history": r["history"], "seconds": r["seconds"],
                                "fixed_point": THEORY[m]} for m, r in results.items()},
                "table": table(results, setup["fixed_points"])}
