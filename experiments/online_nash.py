@@ -369,7 +369,7 @@ def table(results: dict, fixed: dict) -> str:
 def _plot(results: dict, fixed: dict):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, ax, label in (("exploitability", axes[0], "exploitability max_y P(y ≻ pi) - 1/2"),
-                           ("tv_to_nash", axes[1], "TV(pi, pi*_tau), pi* the regularised Nash equilibrium")):
+                           ("tv_to_nash", axes[1], "TV to the regularised Nash equilibrium")):
         for method, result in results.items():
             ax.plot([r["step"] for r in result["history"]], [r[key] for r in result["history"]],
                     marker="o", ms=3, label=method)
