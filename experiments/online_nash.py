@@ -408,7 +408,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/online_nash"))
     parser.add_argument("--quick", action="store_true", help="shortened run (seconds per method)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="NAME",
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
                         help=f"a subset of: {', '.join(repr(m) for m in METHODS)}")
     args = parser.parse_args()
     print(main(args.out, quick=args.quick, methods=tuple(args.methods))["table"])
