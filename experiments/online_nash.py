@@ -62,7 +62,7 @@ from jalign.objectives import make  # noqa: E402
 from jalign.tabular import exploitability, kl_to, make_game, nash_md_step, regularized_nash  # noqa: E402
 from jalign.tabular.preference_models import fit_bt  # noqa: E402
 from jalign.tabular.report import write_outputs  # noqa: E402
-from jalign.train.config import DataSection, Experiment, ModelSection, TrainSection  # noqa: E402
+from jalign.train.config import DataSection, Experiment, ModelSection, OnlineSection, TrainSection  # noqa: E402
 from jalign.train.judges import FunctionJudge  # noqa: E402
 from jalign.train.loop import train  # noqa: E402
 from jalign.train.optim import OptimizerConfig  # noqa: E402
@@ -303,8 +303,6 @@ def method_experiment(method: str, config: dict, reference_dir: pathlib.Path, ru
                                      log_every=config["eval_every"], eval_every=config["eval_every"], extras=()))
     if judge is None:
         return Experiment(data=DataSection(train=str(data["pairs"]), max_length=8), **common)
-    from jalign.train.config import OnlineSection  # the online loop's section
-
     function = (FunctionJudge(bt_reward_fn(bt_rewards()), kind="reward") if judge == "bt"
                 else FunctionJudge(game_preference, kind="preference"))
     online = OnlineSection(prompts=str(data["prompts"]), judge=function, max_new_tokens=2, temperature=1.0,

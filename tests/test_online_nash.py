@@ -141,18 +141,10 @@ def test_quick_offline_dpo_trains_through_the_normal_path(tmp_path):
     assert history[-1]["exploitability"] < history[0]["exploitability"] - 0.05
 
 
-def _online_loop_available():
-    from jalign.train import config
-    return hasattr(config, "OnlineSection")
-
-
-needs_online_loop = pytest.mark.skipif(not _online_loop_available(), reason="the online loop (OnlineSection) is "
-                                       "not in jalign.train.config yet")
 ONLINE = tuple(m for m in game.METHODS if m != "offline DPO")
 
 
 @pytest.mark.slow
-@needs_online_loop
 def test_quick_online_methods_run_and_are_measured(tmp_path):
     """Every online method, 20 steps each, through ``train`` with generation and a judge: the hook's
     exact metrics are logged at steps 10 and 20 and the reference's mass on invalid responses falls."""
@@ -183,7 +175,6 @@ def noise_tolerance(preference, pi, tau, pairs):
 
 
 @pytest.mark.slow
-@needs_online_loop
 def test_nash_methods_beat_bt_and_reach_the_regularised_equilibrium(tmp_path):
     """The issue's Done-when on the full run (all six methods, ``FULL`` settings; minutes).
 
