@@ -91,6 +91,9 @@ RANGES: dict[str, Range] = {
     "train.checkpoint_every": Range(0, integer=True),  # 0: only at the end
     "train.keep_checkpoints": Range(1, integer=True),
     "train.eval_every": Range(0, integer=True),  # 0: only at the end
+    "train.eval_generations": Range(0, integer=True),
+    "train.eval_max_new_tokens": Range(1, integer=True),
+    "train.eval_temperature": Range(0),  # 0: greedy
     "online.max_new_tokens": Range(1, integer=True),
     "online.max_prompt_length": Range(1, integer=True),
     "online.temperature": Range(0, low_open=True),
@@ -229,6 +232,13 @@ class TrainSection:
         last step), of an online run's win rate and KL against the reference
         (also at the last step), and calls of the run's ``evaluate`` hook (0:
         the hook never runs, the others only at the end).
+      eval_generations: held-out prompts the policy answers at every
+        held-out evaluation, written with the data's chosen response to
+        ``out_dir/generations.jsonl`` and TensorBoard text
+        (``jalign.train.generations``); 0: none.
+      eval_max_new_tokens: most tokens of each such response.
+      eval_temperature: their sampling temperature; 0 (greedy) makes two
+        evaluations differ only where the policy changed.
       reference: "model" runs the reference forward every step (a frozen copy,
         or the LoRA base); "precomputed" scores the data once before training
         and keeps the log-probs with it (no reference weights on device;
@@ -245,6 +255,9 @@ class TrainSection:
     logprob_impl: LogprobImpl = "auto"
     extras: tuple[str, ...] = ("entropy",)
     eval_every: int = 0
+    eval_generations: int = 0
+    eval_max_new_tokens: int = 64
+    eval_temperature: float = 0.0
     reference: Literal["model", "precomputed"] = "model"
 
 

@@ -38,6 +38,7 @@ from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
 from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
 from jalign.train.evaluation import aggregate, make_eval_step
+from jalign.train.generations import EvalGenerations
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
 from jalign.train.token_inputs import add_token_mask_head, trainable_filter
@@ -65,7 +66,8 @@ class Run:
     ``frozen.rest`` holds the policy's untrained state (a LoRA policy's base
     weights), merged with ``graphdef`` and ``state.params`` into the policy.
     An online run has a ``rollout`` (generation and judging) and its
-    ``iterator`` is the rollout's prompt iterator.
+    ``iterator`` is the rollout's prompt iterator. ``generations`` answers
+    held-out prompts at each evaluation (``train.eval_generations``).
     """
 
     graphdef: Any
@@ -81,6 +83,7 @@ class Run:
     data_report: dict
     mesh: Any
     rollout: Rollout | None = None
+    generations: EvalGenerations | None = None
 
 
 def _create_sharded(make: Callable[..., nnx.Module], mesh, rules, *args) -> nnx.Module:
@@ -201,6 +204,9 @@ def build(exp: Experiment) -> Run:
     else:
         dataset, eval_data, data_report = _offline_data(exp, plan, model, tokenizer, mesh, rules)
         iterator, sample = iter(dataset), dataset[0]
+    generations = None
+    if exp.train.eval_generations:
+        generations = EvalGenerations(exp, graphdef, tokenizer, eval_data, mesh, rules, scores=plan.scores)
     step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
     eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
                                                    guide_graphdef=guide_graphdef)))
@@ -213,7 +219,7 @@ def build(exp: Experiment) -> Run:
                                                  rules)
     state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
     return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
-               data_report, mesh, rollout)
+               data_report, mesh, rollout, generations)
 
 
 def _offline_data(exp: Experiment, plan: Plan, model: nnx.Module, tokenizer, mesh, rules):
@@ -335,7 +341,8 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
 
     def finish(step: int, metrics: dict) -> int:
         """Checks ``step``'s finite flag (waiting for the step), then logs and evaluates what is due."""
-        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate, window=window)
+        row = _finished_row(run, exp, checkpointer, step, metrics, end=end, evaluate=evaluate, window=window,
+                            writer=writer)
         if row:
             last.update(row)
             writer.write(step, row)
@@ -394,12 +401,12 @@ def _evaluations(run: Run, exp: Experiment, step: int, evaluate: Evaluate | None
 
 
 def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: int, metrics: dict, *, end: int,
-                  evaluate: Evaluate | None, window: MetricWindow) -> dict:
+                  evaluate: Evaluate | None, window: MetricWindow, writer: MetricsWriter) -> dict:
     """The metrics row of ``step`` (empty when nothing is due), after checking its finite flag.
 
     Reading the flag waits for the step; the step's metrics join the window
     on device, which is fetched only on log steps. Evaluation, when due, uses
-    ``run.state``, which is then ``step``'s.
+    ``run.state``, which is then ``step``'s; its generations go to ``writer`` at once.
 
     Raises:
       NonFiniteLossError: the step's loss, gradient norm or updated state was not finite.
@@ -419,6 +426,8 @@ def _finished_row(run: Run, exp: Experiment, checkpointer: Checkpointer, step: i
         row.update(run.rollout.measure(run.state, run.frozen, exp.objective, step))
     if held_out:
         row.update(evaluate_held_out(run, exp))
+        if run.generations is not None:
+            writer.write_generations(step, run.generations(run.state.params, run.frozen.rest, step))
     if hook:
         row.update(evaluate(step, *policy_and_reference(run)))
     return row

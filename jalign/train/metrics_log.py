@@ -6,7 +6,10 @@ exactly like an uninterrupted one. A process killed (or a disk filled) while
 writing a line leaves it torn; on resume that line is dropped with a warning,
 and the file is rewritten atomically. TensorBoard gets the same treatment:
 the resumed writer purges the events from the first step it will write again
-(``purge_step``), so no step shows twice.
+(``purge_step``), so no step shows twice. Sampled generations
+(``jalign.train.generations``) go to ``generations.jsonl``, one row per
+prompt per evaluation, and to TensorBoard's text tab; on resume they are cut
+back the same way.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ class MetricsWriter:
                  tensorboard: bool = True):
         self.directory = pathlib.Path(directory)
         self.path = self.directory / "metrics.jsonl"
+        self.generations_path = self.directory / "generations.jsonl"
         self._file = self._tb = None
         if jax.process_index() != 0:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._truncate_after(resume_from)
+        for path in (self.path, self.generations_path):
+            _truncate_after(path, resume_from)
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -60,15 +65,6 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(self.directory / "tensorboard"), purge_step=(resume_from or 0) + 1,
                                      filename_suffix=f".{time.time_ns()}")
 
-    def _truncate_after(self, step: int | None) -> None:
-        """Keeps the full records up to ``step`` (none when starting afresh), replacing the file atomically."""
-        if not self.path.exists():
-            return
-        keep = [] if step is None else [line for row, line in _records(self.path) if row["step"] <= step]
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in keep))
-        os.replace(partial, self.path)
-
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._file is None:
             return
@@ -79,11 +75,39 @@ class MetricsWriter:
             for key, value in metrics.items():
                 self._tb.add_scalar(key, value, step)
 
+    def write_generations(self, step: int, rows: list[Mapping[str, Any]]) -> None:
+        """Appends ``{"step": step, **row}`` per row to ``generations.jsonl``; one TensorBoard text per record."""
+        if self._file is None:
+            return
+        with self.generations_path.open("a") as f:
+            f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        if self._tb is not None:
+            for row in rows:
+                self._tb.add_text(f"generations/record_{row['record']}", _markdown(row), step)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _truncate_after(path: pathlib.Path, step: int | None) -> None:
+    """Keeps the full records up to ``step`` (none when starting afresh), replacing the file atomically."""
+    if not path.exists():
+        return
+    keep = [] if step is None else [line for row, line in _records(path) if row["step"] <= step]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in keep))
+    os.replace(partial, path)
+
+
+def _markdown(row: Mapping[str, Any]) -> str:
+    """A generation row as TensorBoard's markdown: each text an indented code block, shown verbatim."""
+    def verbatim(text: str) -> str:
+        return "\n".join("    " + line for line in text.splitlines() or ["(empty)"])
+
+    return "\n\n".join(f"**{part}**\n\n{verbatim(row[part])}" for part in ("prompt", "response", "chosen"))
 
 
 def _records(path: pathlib.Path) -> list[tuple[dict, str]]:

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 
 CONFIG_FILE = "config.json"
 FREE_FIELDS = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-               "train.eval_every", "train.logprob_impl", "train.extras", "data.eval", "data.eval_split", "mesh",
+               "train.eval_every", "train.eval_generations", "train.eval_max_new_tokens",
+               "train.eval_temperature", "train.logprob_impl", "train.extras", "data.eval", "data.eval_split", "mesh",
                "model.arch.remat", "model.remat")
 _ABSENT = "(absent)"
 _ALLOW_CHANGES = contextvars.ContextVar("jalign_allow_config_changes", default=False)

@@ -12,11 +12,14 @@ is an error before anything runs (every point is checked first, also for
 ``--print-commands``). Each point runs in its own ``out_dir``; the final
 metrics of every point (with the held-out ``eval/`` ones) are gathered into
 ``sweep.csv``, and the plots compare what is comparable across objectives
-(their losses are not): implicit-reward accuracy and the chosen-minus-rejected
-log-ratio margin, as curves over steps (``curves.png``) and, when the grid
-varies the strength, against it with one line per objective
-(``strength.png``); with a true reward or a judge's win rate reported by the
-experiment, reward against KL to the reference (``frontier.png``).
+(their losses are not): implicit-reward accuracy, the chosen-minus-rejected
+log-ratio margin and the chosen response's log-ratio ``log pi/ref`` (does the
+policy raise or lower the likelihood of what the data prefers?), as curves
+over steps (``curves.png``: one colour per objective, one line style per
+strength) and, when the grid varies the strength, against it with one line
+per objective (``strength.png``); with a true reward or a judge's win rate
+reported by the experiment, reward against KL to the reference
+(``frontier.png``).
 """
 
 from __future__ import annotations
@@ -136,6 +139,9 @@ def launch_commands(experiment_file: str, grid: dict[str, list[str]], config, ou
 
 ACCURACY = "rewards/accuracy"
 MARGIN = "logratio margin"
+CHOSEN = "logratio/chosen"
+TITLES = {ACCURACY: "implicit-reward accuracy", MARGIN: "log-ratio margin, chosen - rejected",
+          CHOSEN: "chosen log-ratio log(pi/ref)"}
 REWARDS = ("true_reward", "win_rate")
 KL = ("kl_to_reference", "kl/policy_kl")
 
@@ -173,8 +179,8 @@ def write_results(rows: list[dict], out_dir: pathlib.Path, keys: list[str]) -> N
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    shown = (ACCURACY, MARGIN)
-    _plot_curves(rows, out_dir, shown)
+    shown = (ACCURACY, MARGIN, CHOSEN)
+    _plot_curves(rows, out_dir, keys, shown)
     if STRENGTH_KEY in keys and len({row[STRENGTH_KEY] for row in rows}) > 1:
         _plot_strength(rows, out_dir, keys, shown)
     if any(_has(row, REWARDS) and _has(row, KL) for row in rows):
@@ -189,23 +195,40 @@ def _first(row: dict, names: tuple[str, ...]) -> float:
     return next((v for v in (_metric(row, n) for n in names) if v == v), float("nan"))
 
 
-def _plot_curves(rows: list[dict], out_dir: pathlib.Path, shown: tuple[str, ...]) -> None:
+def _label(row: dict, keys: list[str]) -> str:
+    """``dpo, beta=0.05``: the point's grid values (an objective by its expression alone)."""
+    return ", ".join(str(row[k]) if k == "objective" else f"{k.split('.')[-1]}={row[k]}" for k in keys)
+
+
+def _styles(rows: list[dict], keys: list[str]) -> list[dict]:
+    """Per row: one colour per value of the grid keys other than the strength, one line style per strength."""
+    def ranks(values):
+        order = {v: i for i, v in enumerate(dict.fromkeys(values))}
+        return [order[v] for v in values]
+
+    others = ranks([tuple(str(row[k]) for k in keys if k != STRENGTH_KEY) for row in rows])
+    strengths = ranks([row.get(STRENGTH_KEY) for row in rows])
+    return [{"color": plt.cm.tab10(c % 10), "linestyle": ("-", "--", ":", "-.")[s % 4]}
+            for c, s in zip(others, strengths)]
+
+
+def _plot_curves(rows: list[dict], out_dir: pathlib.Path, keys: list[str], shown: tuple[str, ...]) -> None:
     """Held-out metrics over steps (training ones for a run without held-out data), one line per point."""
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4.2), squeeze=False)
     held_out = any(k.startswith("eval/") for row in rows for k in row)
-    for row in rows:
+    for row, style in zip(rows, _styles(rows, keys)):
         history = _curves(out_dir / row["point"])
         steps = [h["step"] for h in history]
         for ax, metric in zip(axes[0], shown):
             values = [_metric(h, metric, "eval" if held_out else "train") for h in history]
             keep = [(s, v) for s, v in zip(steps, values) if v == v]
             if keep:
-                ax.plot(*zip(*keep), marker=".", label=row["point"])
+                ax.plot(*zip(*keep), marker=".", label=_label(row, keys), **style)
     for ax, metric in zip(axes[0], shown):
-        ax.set_title(f"held-out {metric}" if held_out else f"training-batch {metric}")
+        ax.set_title(f"held-out {TITLES[metric]}" if held_out else f"training-batch {TITLES[metric]}", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(out_dir / "curves.png", dpi=110)
     plt.close(fig)
@@ -214,7 +237,7 @@ def _plot_curves(rows: list[dict], out_dir: pathlib.Path, shown: tuple[str, ...]
 def _plot_strength(rows: list[dict], out_dir: pathlib.Path, keys: list[str], shown: tuple[str, ...]) -> None:
     """Final metrics against the strength; one line per value of the other grid keys (the objective)."""
     others = [k for k in keys if k != STRENGTH_KEY]
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4.2), squeeze=False)
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(", ".join(str(row[k]) for k in others) or "all", []).append(row)
@@ -223,12 +246,15 @@ def _plot_strength(rows: list[dict], out_dir: pathlib.Path, keys: list[str], sho
         strengths = [float(r[STRENGTH_KEY]) for r in members]
         for ax, metric in zip(axes[0], shown):
             ax.plot(strengths, [_metric(r, metric) for r in members], marker="o", label=label)
+    ticks = sorted({float(row[STRENGTH_KEY]) for row in rows})
     for ax, metric in zip(axes[0], shown):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(f"strength ({STRENGTH_KEY}: each objective's own, e.g. IPO's tau)")
-        ax.set_title(f"final held-out {metric}")
+        ax.set_title(f"final held-out {TITLES[metric]}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(out_dir / "strength.png", dpi=110)
     plt.close(fig)

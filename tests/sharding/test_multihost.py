@@ -9,7 +9,8 @@ and feeds the whole batch. Records differ in length, so each process's rows
 alone would pick different padded shapes (the gloo "collective mismatch" this
 test was written against); the per-step losses must match the single
 process's, which is the independent reference (one device, no collectives),
-and so must the final evaluation of a held-out tenth of the records. The
+and so must the final evaluation of a held-out tenth of the records and the
+policy's greedy answers to two of them, which only process 0 writes. The
 model runs as the trainer runs it at scale: scanned layers with the ``full``
 remat policy.
 """
@@ -37,7 +38,8 @@ WORKER = textwrap.dedent("""
     initialize()
     exp = tiny_experiment.experiment(pathlib.Path(sys.argv[1]), int(sys.argv[2]), checkpoint_every=0)
     exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, shards=2, eval_fraction=0.1),
-                              model=dataclasses.replace(exp.model, arch=exp.model.arch.replace(remat="full")))
+                              model=dataclasses.replace(exp.model, arch=exp.model.arch.replace(remat="full")),
+                              train=dataclasses.replace(exp.train, eval_generations=2, eval_max_new_tokens=4))
     result = train(exp, progress=False)
     print("REPORT", json.dumps(result["data"]))
 """)
@@ -86,3 +88,5 @@ def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
     for _, (out, _) in zip(procs, outputs):
         assert _report(out) == _report(single.stdout)
     assert _report(single.stdout)["kept"] == 40
+    generations = [(out / "run" / "generations.jsonl").read_text().splitlines() for out in (single_out, multi_out)]
+    assert len(generations[0]) == 2 and generations[1] == generations[0]
