@@ -59,18 +59,22 @@ def _report(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("REPORT")][0][len("REPORT "):])
 
 
-def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
+def one_and_two_processes(worker: str, tmp_path: pathlib.Path, steps: int) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
+    """Runs ``worker`` (argv: out dir, steps, tests/train) in one process, then in two joined by jax.distributed.
+
+    Returns the single run's folder, the pair's folder, and the three processes' stdout (single first).
+    """
     base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                 XLA_FLAGS="--xla_force_host_platform_device_count=1")
     tests = str(REPO / "tests" / "train")
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     single_out, multi_out = tmp_path / "single", tmp_path / "multi"
-    single = subprocess.run([sys.executable, str(script), str(single_out), str(STEPS), tests], env=base,
+    single = subprocess.run([sys.executable, str(script), str(single_out), str(steps), tests], env=base,
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), str(multi_out), str(STEPS), tests], text=True,
+    procs = [subprocess.Popen([sys.executable, str(script), str(multi_out), str(steps), tests], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=dict(base, JALIGN_COORDINATOR=f"127.0.0.1:{port}", JALIGN_NUM_PROCESSES="2",
                                        JALIGN_PROCESS_ID=str(rank)))
@@ -78,6 +82,11 @@ def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
+    return single_out, multi_out, [single.stdout] + [out for out, _ in outputs]
+
+
+def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
+    single_out, multi_out, stdouts = one_and_two_processes(WORKER, tmp_path, STEPS)
     expected, got = _rows(single_out), _rows(multi_out)
     assert [row["step"] for row in got] == [row["step"] for row in expected] == list(range(1, STEPS + 1))
     np.testing.assert_allclose([row["loss"] for row in got], [row["loss"] for row in expected], rtol=2e-5)
@@ -85,8 +94,7 @@ def test_two_processes_train_like_one_on_variable_length_data(tmp_path):
     assert expected[-1]["eval/loss"] > 0
     np.testing.assert_allclose(got[-1]["eval/loss"], expected[-1]["eval/loss"], rtol=2e-5)
     # Each process counted only its records; the report is the sum over processes.
-    for _, (out, _) in zip(procs, outputs):
-        assert _report(out) == _report(single.stdout)
-    assert _report(single.stdout)["kept"] == 40
+    assert _report(stdouts[1]) == _report(stdouts[2]) == _report(stdouts[0])
+    assert _report(stdouts[0])["kept"] == 40
     generations = [(out / "run" / "generations.jsonl").read_text().splitlines() for out in (single_out, multi_out)]
     assert len(generations[0]) == 2 and generations[1] == generations[0]

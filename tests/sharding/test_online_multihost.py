@@ -9,16 +9,12 @@ labels (through the loss and the win rate) must match, and so must the
 prompts read (the report).
 """
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from test_multihost import REPO, _free_port, _report, _rows
+from test_multihost import _report, _rows, one_and_two_processes
 
 STEPS = 3
 WORKER = textwrap.dedent("""
@@ -37,24 +33,7 @@ WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_two_processes_train_an_online_objective_like_one(tmp_path):
-    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-                XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    tests = str(REPO / "tests" / "train")
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    single_out, multi_out = tmp_path / "single", tmp_path / "multi"
-    single = subprocess.run([sys.executable, str(script), str(single_out), str(STEPS), tests], env=base,
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), str(multi_out), str(STEPS), tests], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(base, JALIGN_COORDINATOR=f"127.0.0.1:{port}", JALIGN_NUM_PROCESSES="2",
-                                       JALIGN_PROCESS_ID=str(rank)))
-             for rank in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for proc, (_, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-3000:]
+    single_out, multi_out, stdouts = one_and_two_processes(WORKER, tmp_path, STEPS)
     expected, got = _rows(single_out), _rows(multi_out)
     assert [row["step"] for row in got] == [row["step"] for row in expected] == list(range(1, STEPS + 1))
     # SPPO's log-ratio to the previous iterate is 0 up to rounding right after each refresh (steps 1 and 3): atol.
@@ -62,5 +41,4 @@ def test_two_processes_train_an_online_objective_like_one(tmp_path):
         np.testing.assert_allclose([row[key] for row in got], [row[key] for row in expected], rtol=2e-5, atol=1e-5,
                                    err_msg=key)
     np.testing.assert_allclose(got[-1]["online/win_rate"], expected[-1]["online/win_rate"], rtol=1e-6)
-    for _, (out, _) in zip(procs, outputs):
-        assert _report(out) == _report(single.stdout)
+    assert _report(stdouts[1]) == _report(stdouts[2]) == _report(stdouts[0])
