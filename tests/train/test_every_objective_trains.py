@@ -6,7 +6,7 @@ on shipped data that carries the labels its declaration names. Offline
 objectives must give a finite loss and a non-zero parameter update at every
 step; objectives whose responses are sampled during training must be refused
 before anything is built, with the reason, when the run has no prompts and
-judge to generate them with (``tests/train/test_online.py`` trains them). By default one objective per
+judge to generate them with (``tests/train/test_online_training.py`` trains them). By default one objective per
 distinct input declaration runs (18 of 49: each way the provider serves
 inputs); ``--runslow`` runs every one.
 """
