@@ -103,3 +103,17 @@ def test_pairwise_and_gpm_judges_are_antisymmetric(tokenizer, kind, outputs):
     forward, backward = judge.preference(PROMPTS, A, B), judge.preference(PROMPTS, B, A)
     np.testing.assert_allclose(forward + backward, 1.0, atol=1e-6)
     assert np.any(np.abs(forward - 0.5) > 0.01)
+
+
+def test_a_preference_model_directory_is_a_judge_for_online_training(tokenizer, tmp_path):
+    """``online.judge`` may name a saved reward model: it judges as the model it was saved from."""
+    from jalign.models import save_hf
+    from jalign.train.online import resolve_judge
+
+    model = _model("reward")
+    save_hf(model, str(tmp_path / "rm"), pad_token_id=tokenizer.pad_token_id)
+    tokenizer.save_pretrained(str(tmp_path / "rm"))
+    judge = resolve_judge(str(tmp_path / "rm"))
+    assert isinstance(judge, ModelJudge) and judge.model.score_head.kind == "reward"
+    expected = ModelJudge(model, tokenizer).preference(PROMPTS, A, B)
+    np.testing.assert_allclose(judge.preference(PROMPTS, A, B), expected, atol=1e-5)
