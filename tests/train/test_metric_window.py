@@ -3,16 +3,19 @@
 The reference is the same run logged every step (training is deterministic,
 so the two runs take identical steps): a row at step 6 with ``log_every=3``
 must hold the mean of the per-step rows 4..6, the tokens of those steps
-summed, and the learning rate of step 6's update.
+summed, the learning rate of step 6's update, and the tokens seen since step
+1 (the running sum of the per-step ``tokens``).
 """
 
 import dataclasses
 import pathlib
 import sys
 
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jalign.train.loop import train
+from jalign.train.loop import MetricWindow, train
 from jalign.train.metrics_log import read_metrics
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -39,12 +42,34 @@ def test_rows_are_window_means_of_the_per_step_values(tmp_path):
                 continue
             if key == "tokens":
                 assert value == sum(r["tokens"] for r in steps) > 0
+            elif key == "tokens_seen":
+                assert value == sum(r["tokens"] for r in per_step[:row["step"]])
             elif key == "lr":
                 assert value == steps[-1]["lr"]
             else:
                 np.testing.assert_allclose(value, np.mean([r[key] for r in steps]), rtol=1e-5, err_msg=key)
         assert row["tokens_per_s"] > 0
+    assert [r["tokens_seen"] for r in per_step] == list(np.cumsum([r["tokens"] for r in per_step]))
+    # The CPU's peak FLOP/s is unknown: no MFU rather than a made-up one.
+    assert not any("mfu" in r for r in per_step + windowed)
     # The warm-up is visible: the first update's learning rate is 0, the third's the peak.
     assert per_step[0]["lr"] == 0.0 and np.isclose(per_step[2]["lr"], 1e-3, rtol=1e-6)
     # A window mean differs from the last batch's value (the quantity logged before).
     assert any(row["loss"] != per_step[row["step"] - 1]["loss"] for row in windowed)
+
+
+def test_mfu_is_the_model_flops_rate_over_the_peak(tmp_path):
+    """A window of 2 steps of 100 and 50 tokens: ``mfu`` is flops/token x the
+    row's tokens/s over the peak (the definition), and absent without a peak."""
+    exp = experiment(tmp_path, 4, checkpoint_every=0)
+    window = MetricWindow(exp, flops_per_token=6e6, peak_flops=1e12, tokens_seen=1000)
+    bare = MetricWindow(exp, flops_per_token=6e6)
+    for metrics in ({"loss": jnp.float32(1.0), "tokens": jnp.int32(100)},
+                    {"loss": jnp.float32(3.0), "tokens": jnp.int32(50)}):
+        window.add(metrics)
+        bare.add(metrics)
+    assert window.tokens_seen_now() == 1150
+    row = window.row(2)
+    assert row["loss"] == 2.0 and row["tokens"] == 150 and row["tokens_seen"] == 1150
+    assert row["mfu"] == pytest.approx(6e6 * row["tokens_per_s"] / 1e12, rel=1e-12)
+    assert "mfu" not in bare.row(2)
