@@ -4,7 +4,8 @@ The reference is the same run logged every step (training is deterministic,
 so the two runs take identical steps): a row at step 6 with ``log_every=3``
 must hold the mean of the per-step rows 4..6, the tokens of those steps
 summed, the learning rate of step 6's update, and the tokens seen since step
-1 (the running sum of the per-step ``tokens``).
+1 (the running sum of the per-step ``tokens``). Both KL directions are logged
+through ``train.extras``; at step 1 the policy is the reference, so both are 0.
 """
 
 import dataclasses
@@ -27,7 +28,8 @@ PER_STEP_ONLY = ("tokens_per_s",)  # wall-clock: differs between runs
 def _run(tmp_path: pathlib.Path, log_every: int) -> list[dict]:
     exp = experiment(tmp_path, 6, checkpoint_every=0)
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, log_every=log_every,
-                                                              out_dir=str(tmp_path / f"every{log_every}")))
+                                                              out_dir=str(tmp_path / f"every{log_every}"),
+                                                              extras=("entropy", "ref_kl", "policy_kl")))
     train(exp, progress=False)
     return read_metrics(tmp_path / f"every{log_every}" / "metrics.jsonl")
 
@@ -50,6 +52,9 @@ def test_rows_are_window_means_of_the_per_step_values(tmp_path):
                 np.testing.assert_allclose(value, np.mean([r[key] for r in steps]), rtol=1e-5, err_msg=key)
         assert row["tokens_per_s"] > 0
     assert [r["tokens_seen"] for r in per_step] == list(np.cumsum([r["tokens"] for r in per_step]))
+    assert abs(per_step[0]["kl/policy_kl"]) < 1e-5 and abs(per_step[0]["kl/ref_kl"]) < 1e-5
+    assert per_step[-1]["kl/policy_kl"] > 1e-4 and per_step[-1]["kl/ref_kl"] > 1e-4
+    assert per_step[-1]["kl/policy_kl"] != per_step[-1]["kl/ref_kl"]
     # The CPU's peak FLOP/s is unknown: no MFU rather than a made-up one.
     assert not any("mfu" in r for r in per_step + windowed)
     # The warm-up is visible: the first update's learning rate is 0, the third's the peak.
