@@ -67,9 +67,9 @@ class Run:
     ``frozen.rest`` holds the policy's untrained state (a LoRA policy's base
     weights), merged with ``graphdef`` and ``state.params`` into the policy.
     An online run has a ``rollout`` (generation and judging) and its
-    ``iterator`` is the rollout's prompt iterator. ``flops_per_token`` is
-    the step's model FLOPs per token (``jalign.train.mfu``); None for a
-    preference model's scores, which skip the output projection.
+    ``iterator`` is the rollout's prompt iterator. ``flops_per_token(batch)``
+    is the step's model FLOPs per token of ``batch`` (``jalign.train.mfu``);
+    None for a preference model's scores, which skip the output projection.
     """
 
     graphdef: Any
@@ -85,7 +85,7 @@ class Run:
     data_report: dict
     mesh: Any
     rollout: Rollout | None = None
-    flops_per_token: float | None = None
+    flops_per_token: Callable[[dict], float | None] = lambda batch: None
 
 
 def _create_sharded(make: Callable[..., nnx.Module], mesh, rules, *args) -> nnx.Module:
@@ -218,19 +218,15 @@ def build(exp: Experiment) -> Run:
                                                  rules)
     state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
     return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
-               data_report, mesh, rollout, _flops_per_token(model.cfg, plan, exp, sample))
+               data_report, mesh, rollout, functools.partial(_flops_per_token, model.cfg, plan))
 
 
-def _flops_per_token(cfg, plan: Plan, exp: Experiment, batch: dict) -> float | None:
-    """The step's model FLOPs per token of a padded ``prompt + response`` (``jalign.train.mfu``).
-
-    Offline batches have one shape, ``batch``'s; an online batch's is at most
-    ``online.max_prompt_length + online.max_new_tokens``.
-    """
+def _flops_per_token(cfg, plan: Plan, batch: dict) -> float | None:
+    """The step's model FLOPs per token of ``batch``, whose padded ``prompt + response`` length
+    (one of the collator's buckets) sets the attention term (``jalign.train.mfu``)."""
     if not plan.logprobs:
         return None
-    seq_len = (exp.online.max_prompt_length + exp.online.max_new_tokens if exp.online.enabled
-               else batch["prompt_tokens"].shape[-1] + batch["response_tokens"].shape[-1])
+    seq_len = batch["prompt_tokens"].shape[-1] + batch["response_tokens"].shape[-1]
     on_device = plan.reference in (FROZEN, LORA_BASE) or plan.reference_slot == PREVIOUS
     return float(train_flops_per_token(cfg, seq_len, reference_forward=on_device))
 
@@ -352,8 +348,8 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
     done = start
     peak = device_peak(jax.devices()[0].device_kind)
-    window = MetricWindow(exp, flops_per_token=run.flops_per_token,
-                          peak_flops=None if peak is None else peak * run.mesh.size, tokens_seen=tokens_seen)
+    peak_flops = None if peak is None else peak * run.mesh.size
+    window = MetricWindow(exp, peak_flops=peak_flops, tokens_seen=tokens_seen)
     say = _say if jax.process_index() == 0 else (lambda text: None)
     say(startup_summary(run))
 
@@ -378,6 +374,9 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 run.state, batch = run.rollout(run.state, run.frozen, step, exp.objective)
             updating = time.perf_counter()
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
+            per_token = None if peak_flops is None else run.flops_per_token(batch)
+            if per_token is not None:  # only where MFU is logged: CPU runs keep their metrics
+                metrics = {**metrics, "model_flops": metrics["tokens"] * jnp.float32(per_token)}
             if run.rollout is not None:  # the next generation needs this update anyway: time it
                 jax.block_until_ready(metrics)
                 run.rollout.add_update_time(time.perf_counter() - updating)
@@ -472,22 +471,23 @@ class MetricWindow:
     across resumes by the checkpoint), ``tokens_per_s`` over the window's wall-clock time (it
     includes evaluation and checkpoint writes inside the window, not
     compilation), ``lr``, the learning rate of the newest update, and
-    ``mfu``, ``flops_per_token * tokens_per_s / peak_flops``, when both are
-    known (never on CPUs, whose peak is unknown). After a resume the first
+    ``mfu``, the window's ``model_flops`` (a step metric the loop adds: its
+    tokens times the model FLOPs per token of its batch's shape) per second
+    over ``peak_flops``, when both are known (never on CPUs, whose peak is
+    unknown). After a resume the first
     window holds the steps run since the resume.
 
     Args:
       exp: the experiment (learning-rate schedule).
-      flops_per_token: the step's model FLOPs per token, or None.
       peak_flops: the mesh's devices' summed peak FLOP/s, or None.
       tokens_seen: tokens trained on before this window's first step (a
         resumed checkpoint's count); None: unknown, and rows omit it.
     """
 
-    def __init__(self, exp: Experiment, *, flops_per_token: float | None = None, peak_flops: float | None = None,
+    def __init__(self, exp: Experiment, *, peak_flops: float | None = None,
                  tokens_seen: int | None = 0):
         self._tokens_seen = tokens_seen
-        self._flops = None if flops_per_token is None or peak_flops is None else flops_per_token / peak_flops
+        self._peak_flops = peak_flops
         self._schedule = learning_rate_schedule(exp.optimizer, optimizer_updates(exp))
         self._accumulation = exp.optimizer.accumulation_steps
         self._total, self._steps = None, 0
@@ -510,15 +510,15 @@ class MetricWindow:
         """The window's means (and token counts) as of ``step``; the window starts again."""
         values = scalars(self._total)
         seconds = time.perf_counter() - self._started
-        tokens = values.pop("tokens", None)
+        tokens, flops = values.pop("tokens", None), values.pop("model_flops", None)
         row = {k: v / self._steps for k, v in values.items()}
         if tokens is not None:
             row.update(tokens=tokens, tokens_per_s=tokens / max(seconds, 1e-9))
             if self._tokens_seen is not None:
                 self._tokens_seen += int(tokens)
                 row["tokens_seen"] = self._tokens_seen
-            if self._flops is not None:
-                row["mfu"] = self._flops * row["tokens_per_s"]
+        if flops is not None and self._peak_flops is not None:
+            row["mfu"] = flops / max(seconds, 1e-9) / self._peak_flops
         row["lr"] = float(self._schedule(max(step // self._accumulation - 1, 0)))
         self._total, self._steps = None, 0
         self.restart_clock()

@@ -16,13 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jalign.train import loop, mfu
 from jalign.train.loop import MetricWindow, train
 from jalign.train.metrics_log import read_metrics
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from tiny_experiment import experiment  # noqa: E402
 
-PER_STEP_ONLY = ("tokens_per_s",)  # wall-clock: differs between runs
+PER_STEP_ONLY = ("tokens_per_s", "mfu")  # wall-clock: differs between runs
+PEAK = 1e12  # a pretend device peak for the windowed run (the CPU's is unknown)
 
 
 def _run(tmp_path: pathlib.Path, log_every: int) -> list[dict]:
@@ -34,8 +36,12 @@ def _run(tmp_path: pathlib.Path, log_every: int) -> list[dict]:
     return read_metrics(tmp_path / f"every{log_every}" / "metrics.jsonl")
 
 
-def test_rows_are_window_means_of_the_per_step_values(tmp_path):
-    per_step, windowed = _run(tmp_path, 1), _run(tmp_path, 3)
+def test_rows_are_window_means_of_the_per_step_values(tmp_path, monkeypatch):
+    per_step = _run(tmp_path, 1)
+    monkeypatch.setattr(loop, "device_peak", lambda kind: PEAK)
+    windowed = _run(tmp_path, 3)
+    arch = experiment(tmp_path, 6).model.arch
+    low, high = (mfu.train_flops_per_token(arch, n, reference_forward=True) for n in (32, 256))
     assert [r["step"] for r in windowed] == [3, 6]
     for row in windowed:
         steps = [r for r in per_step if row["step"] - 3 < r["step"] <= row["step"]]
@@ -51,12 +57,15 @@ def test_rows_are_window_means_of_the_per_step_values(tmp_path):
             else:
                 np.testing.assert_allclose(value, np.mean([r[key] for r in steps]), rtol=1e-5, err_msg=key)
         assert row["tokens_per_s"] > 0
+        # Each batch's padded prompt + response length is a bucket of 16..128 each: the FLOPs per token
+        # (policy forward and backward, frozen reference forward) lie between those of 32 and 256 positions.
+        assert low * row["tokens_per_s"] / PEAK <= row["mfu"] <= high * row["tokens_per_s"] / PEAK
     assert [r["tokens_seen"] for r in per_step] == list(np.cumsum([r["tokens"] for r in per_step]))
     assert abs(per_step[0]["kl/policy_kl"]) < 1e-5 and abs(per_step[0]["kl/ref_kl"]) < 1e-5
     assert per_step[-1]["kl/policy_kl"] > 1e-4 and per_step[-1]["kl/ref_kl"] > 1e-4
     assert per_step[-1]["kl/policy_kl"] != per_step[-1]["kl/ref_kl"]
     # The CPU's peak FLOP/s is unknown: no MFU rather than a made-up one.
-    assert not any("mfu" in r for r in per_step + windowed)
+    assert not any("mfu" in r for r in per_step)
     # The warm-up is visible: the first update's learning rate is 0, the third's the peak.
     assert per_step[0]["lr"] == 0.0 and np.isclose(per_step[2]["lr"], 1e-3, rtol=1e-6)
     # A window mean differs from the last batch's value (the quantity logged before).
@@ -64,17 +73,19 @@ def test_rows_are_window_means_of_the_per_step_values(tmp_path):
 
 
 def test_mfu_is_the_model_flops_rate_over_the_peak(tmp_path):
-    """A window of 2 steps of 100 and 50 tokens: ``mfu`` is flops/token x the
-    row's tokens/s over the peak (the definition), and absent without a peak."""
+    """A window of 2 steps of 100 and 50 tokens at 6e6 FLOPs each: ``mfu`` is their 9e8 FLOPs per second of the
+    row over the peak (the row's tokens/s times 6e6 over the peak), and absent without a peak."""
     exp = experiment(tmp_path, 4, checkpoint_every=0)
-    window = MetricWindow(exp, flops_per_token=6e6, peak_flops=1e12, tokens_seen=1000)
-    bare = MetricWindow(exp, flops_per_token=6e6)
-    for metrics in ({"loss": jnp.float32(1.0), "tokens": jnp.int32(100)},
-                    {"loss": jnp.float32(3.0), "tokens": jnp.int32(50)}):
+    window = MetricWindow(exp, peak_flops=1e12, tokens_seen=1000)
+    bare = MetricWindow(exp)
+    for tokens in (100, 50):
+        metrics = {"loss": jnp.float32(tokens / 50), "tokens": jnp.int32(tokens),
+                   "model_flops": jnp.float32(tokens * 6e6)}
         window.add(metrics)
         bare.add(metrics)
     assert window.tokens_seen_now() == 1150
     row = window.row(2)
-    assert row["loss"] == 2.0 and row["tokens"] == 150 and row["tokens_seen"] == 1150
-    assert row["mfu"] == pytest.approx(6e6 * row["tokens_per_s"] / 1e12, rel=1e-12)
+    assert row["loss"] == 1.5 and row["tokens"] == 150 and row["tokens_seen"] == 1150
+    assert "model_flops" not in row
+    assert row["mfu"] == pytest.approx(6e6 * row["tokens_per_s"] / 1e12, rel=1e-6)
     assert "mfu" not in bare.row(2)
