@@ -28,6 +28,7 @@ from jalign.data.formats import detect_kind
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
+from jalign.objectives.declaration import PREVIOUS
 from jalign.sharding import make_mesh, state_shardings
 from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
@@ -38,7 +39,6 @@ from jalign.train.optim import learning_rate_schedule, make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
 from jalign.train.provider import FROZEN, LORA_BASE, PRECOMPUTED, Plan, plan_inputs
-from jalign.objectives.declaration import PREVIOUS
 from jalign.train.evaluation import aggregate, make_eval_step
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
