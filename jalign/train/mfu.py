@@ -16,7 +16,9 @@ each query meets (``T``, or the sliding window where smaller: scores and
 values of a full ``T x T`` product, the PaLM count, which ignores the causal
 mask). A train step runs the policy forward and backward and, when the
 reference is a model on device (a frozen copy, the LoRA base or the previous
-iterate), the reference forward on the same tokens.
+iterate), the reference forward on the same tokens. A LoRA run is counted
+the same way (6N): its frozen base weights get no weight gradient, so its
+true cost is nearer 4N and its MFU reads high by up to 1.5x.
 """
 
 from __future__ import annotations
