@@ -7,11 +7,10 @@ which materialises [tokens, vocab] logits as every peer does. Peak memory is
 XLA's compiled estimate (temporaries + arguments + outputs, from
 ``memory_analysis()``); throughput counts response tokens of chosen and
 rejected per second, median of the timed steps. Model FLOPs utilisation is
-``8 P t / step time / device peak``: ``6 P t`` for the policy's forward and
-backward and ``2 P t`` for the reference forward, ``P`` the parameters tokens
-pass through (output projection in, embedding lookup out), ``t`` all tokens
-of the step (each prompt once: chosen and rejected share it); attention FLOPs
-are not counted. It is printed where the device's dense bf16 peak is known.
+the training loop's (`jalign.train.mfu`): per token, the policy's forward
+and backward and the reference forward, ``8 N`` plus attention, over all
+tokens of the step (each prompt once: chosen and rejected share it), per
+second, over the device's dense bf16 peak; printed where that peak is known.
 
     python benchmarks/train_step.py                 # CPU defaults, ~2 minutes
     python benchmarks/train_step.py --vocab 128256 --hidden 512 --layers 4 --batch 8
@@ -33,6 +32,7 @@ from flax import nnx
 from jalign.models import PRESETS, REMAT_POLICIES, Decoder, ModelConfig
 from jalign.objectives import dpo
 from jalign.sharding import MeshConfig, make_mesh
+from jalign.train.mfu import device_peak, train_flops_per_token
 from jalign.train.provider import Plan
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_step
 
@@ -47,11 +47,6 @@ def _batch(args, vocab: int) -> dict:
                 labels={"example_weight": np.ones(b, np.float32)})
 
 
-# Dense bf16 peak FLOP/s by device kind (vendor data sheets; H100/H200 SXM without sparsity).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-             "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-
-
 def model_config(args) -> ModelConfig:
     """``--preset``'s configuration (a `jalign.models.PRESETS` name), else the shape flags' Llama."""
     precision = dict(dtype=args.dtype, param_dtype=args.param_dtype or args.dtype, remat=args.remat)
@@ -61,19 +56,6 @@ def model_config(args) -> ModelConfig:
     return ModelConfig("llama", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                        num_heads=heads, num_kv_heads=args.kv_heads or max(heads // 2, 1), head_dim=args.head_dim,
                        mlp_dim=args.mlp or args.hidden * 4, tie_embeddings=args.tied, **precision)
-
-
-def model_flops(cfg: ModelConfig, args) -> float:
-    """8 P t: policy forward+backward and reference forward (module docstring)."""
-    per_layer = (cfg.hidden_size * cfg.head_dim * (cfg.num_heads + 2 * cfg.num_kv_heads)
-                 + cfg.num_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.mlp_dim)
-    params = cfg.num_layers * per_layer + cfg.hidden_size * cfg.vocab_size
-    return 8 * params * args.batch * (args.prompt + 2 * args.response)
-
-
-def device_peak() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((peak for name, peak in PEAK_BF16.items() if name in kind), None)
 
 
 def measure(args, impl: str) -> dict:
@@ -98,8 +80,10 @@ def measure(args, impl: str) -> dict:
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[args.warmup:])
     tokens = args.batch * 2 * args.response
-    peak_flops = device_peak()
-    mfu = None if peak_flops is None else model_flops(cfg, args) / seconds / peak_flops
+    peak_flops = device_peak(jax.devices()[0].device_kind)
+    flops = (train_flops_per_token(cfg, args.prompt + args.response, reference_forward=True)
+             * args.batch * (args.prompt + 2 * args.response))
+    mfu = None if peak_flops is None else flops / seconds / peak_flops
     return {"impl": impl, "peak_gib": peak / 2**30, "temp_gib": memory.temp_size_in_bytes / 2**30,
             "step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": mfu,
             "all_tokens_per_s": args.batch * (args.prompt + 2 * args.response) / seconds}

@@ -1,7 +1,7 @@
 """The operand of every log-prob op: hidden states and their output projection.
 
 A `Head` carries the token-major hidden states and the projection they meet;
-the policy's and, for ``ref_kl``, the reference's travel as two values. The
+the policy's and, for ``ref_kl`` and ``policy_kl``, the reference's travel as two values. The
 compute dtype of a head is its hidden states' dtype: the weight is cast to it
 before every matmul (fp32 master weights with bf16 activations multiply in
 bf16, as the decoder's own logits do), and accumulation is always fp32.

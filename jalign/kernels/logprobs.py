@@ -34,11 +34,11 @@ LogprobImpl = Literal["auto", "pallas_tpu", "pallas_gpu", "chunked", "naive"]
 IMPLS = get_args(LogprobImpl)
 _MODULES = {"chunked": chunked, "pallas_tpu": pallas_tpu,
             "pallas_gpu": pallas_gpu}
-_DIFFERENTIABLE = ("logprobs", "entropy", "ref_kl")
+_DIFFERENTIABLE = ("logprobs", "entropy", "ref_kl", "policy_kl")
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["logprobs", "entropy", "ref_kl", "topk_mass",
+                   data_fields=["logprobs", "entropy", "ref_kl", "policy_kl", "topk_mass",
                                 "topk_entropy", "log_prob_sq_sum"],
                    meta_fields=[])
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,8 @@ class TokenLogProbs:
     """Per-token outputs, each ``[...]`` fp32 (the leading dims of hidden).
 
     ``logprobs`` is log pi(target); ``entropy`` the entropy of pi; ``ref_kl``
-    KL(pi_ref || pi) of the next-token distributions (TDPO's direction);
+    KL(pi_ref || pi) of the next-token distributions (TDPO's direction) and
+    ``policy_kl`` KL(pi || pi_ref), the usual direction (RLHF's KL penalty);
     ``topk_mass`` the probability of the k likeliest tokens and
     ``topk_entropy`` ``-sum_{top k} p log p``; ``log_prob_sq_sum`` is
     ``log sum_v pi(v)^2`` (WPO's calibrated weight, Zhou et al. 2024).
@@ -58,6 +59,7 @@ class TokenLogProbs:
     logprobs: jax.Array
     entropy: jax.Array | None = None
     ref_kl: jax.Array | None = None
+    policy_kl: jax.Array | None = None
     topk_mass: jax.Array | None = None
     topk_entropy: jax.Array | None = None
     log_prob_sq_sum: jax.Array | None = None
@@ -83,8 +85,8 @@ class OpConfig:
 
     @property
     def with_ref(self):
-        """Whether the op reads a reference head (for ``ref_kl``)."""
-        return "ref_kl" in self.extras
+        """Whether the op reads a reference head (for ``ref_kl``, ``policy_kl``)."""
+        return bool(set(softmax_stats.REFERENCE_EXTRAS) & set(self.extras))
 
 
 def resolve_impl(impl):
@@ -128,9 +130,9 @@ def check_inputs(head, ref, targets, mask, *, extras, top_k):
     if unknown:
         raise ValueError(f"unknown extras {unknown}; known "
                          f"{softmax_stats.EXTRAS}")
-    if "ref_kl" in extras and (ref is None or ref.hidden is None
-                               or ref.weight is None):
-        raise ValueError("extras 'ref_kl' needs ref_hidden and ref_weight")
+    for name in set(softmax_stats.REFERENCE_EXTRAS) & set(extras):
+        if ref is None or ref.hidden is None or ref.weight is None:
+            raise ValueError(f"extras {name!r} needs ref_hidden and ref_weight")
     if ref is not None and ref.hidden is not None and (
             ref.weight is None or ref.hidden.shape[:-1] != hidden.shape[:-1]
             or ref.weight.shape != (ref.hidden.shape[-1], weight.shape[1])):
@@ -174,10 +176,12 @@ def sequence_logprobs(hidden, weight, targets, mask, *, bias=None,
             cost no work.
         bias: optional ``[V]``. softcap: optional float c (Gemma-style).
         ref_hidden, ref_weight, ref_bias: the reference model's ``[..., Hr]``,
-            ``[Hr, V]``, ``[V]``; needed for ``ref_kl``; constants (no
+            ``[Hr, V]``, ``[V]``; needed for ``ref_kl`` and ``policy_kl``;
+            constants (no
             gradient). The reference uses the same ``softcap``.
-        extras: tuple of names from ("entropy", "ref_kl", "topk_mass",
-            "topk_entropy", "log_prob_sq_sum"); the last is
+        extras: tuple of names from ("entropy", "ref_kl", "policy_kl",
+            "topk_mass", "topk_entropy", "log_prob_sq_sum"): ``ref_kl`` is
+            KL(ref || pi) per token, ``policy_kl`` KL(pi || ref); the last is
             ``log sum_v pi(v)^2`` per token, the statistic of WPO's
             calibrated weight (Zhou et al., *WPO: Enhancing RLHF with
             Weighted Preference Optimization*, 2024).
@@ -190,13 +194,13 @@ def sequence_logprobs(hidden, weight, targets, mask, *, bias=None,
     Returns:
         `TokenLogProbs` with ``[...]`` fp32 fields. Gradients flow to
         ``hidden``, ``weight`` and ``bias`` through logprobs, entropy and
-        ref_kl only; ``topk_*`` and ``log_prob_sq_sum`` have zero gradient
+        ref_kl, policy_kl only; ``topk_*`` and ``log_prob_sq_sum`` have zero gradient
         (treat them as constants).
     """
     extras = tuple(extras)
     head, ref = heads(hidden, weight, bias, ref_hidden, ref_weight, ref_bias)
     check_inputs(head, ref, targets, mask, extras=extras, top_k=top_k)
-    ref = ref if "ref_kl" in extras else None
+    ref = ref if set(softmax_stats.REFERENCE_EXTRAS) & set(extras) else None
     lead = hidden.shape[:-1]
     flat = lambda hd: None if hd is None else hd._replace(
         hidden=hd.hidden.reshape(-1, hd.hidden.shape[-1]))
@@ -266,7 +270,8 @@ def _fused_op(cfg):
 
     def fwd(head, ref, targets, n_valid):
         full = run(head, ref, targets, n_valid)
-        res = {k: full[k] for k in ("lse", "entropy", "lse_q") if k in full}
+        res = {k: full[k] for k in ("lse", "entropy", "lse_q", "policy_kl")
+               if k in full}
         return {k: full[k] for k in names}, (head, ref, targets, n_valid, res)
 
     def bwd(saved, g):
@@ -300,7 +305,7 @@ def reference_logprobs(head, targets, mask, *, ref=None, softcap=None,
     Args:
         head: `Head` with hidden ``[N, H]``, weight ``[H, V]``, bias ``[V]``
             or None. ref: the reference `Head` or None (needed for
-            ``ref_kl``; a constant). targets, mask: ``[N]``.
+            ``ref_kl`` and ``policy_kl``; a constant). targets, mask: ``[N]``.
     Returns:
         dict of ``[N]`` fp32 arrays: ``logprobs`` and each requested extra,
         zero where ``mask`` is False.
@@ -314,10 +319,13 @@ def reference_logprobs(head, targets, mask, *, ref=None, softcap=None,
     if "log_prob_sq_sum" in extras:
         out["log_prob_sq_sum"] = jax.lax.stop_gradient(
             jax.nn.logsumexp(2.0 * logp, axis=1))
-    if "ref_kl" in extras:
+    if set(softmax_stats.REFERENCE_EXTRAS) & set(extras):
         ref = jax.lax.stop_gradient(ref.with_bias())
         logq = jax.nn.log_softmax(project(*ref, softcap))
+    if "ref_kl" in extras:
         out["ref_kl"] = jnp.sum(jnp.exp(logq) * (logq - logp), axis=1)
+    if "policy_kl" in extras:
+        out["policy_kl"] = jnp.sum(p * (logp - logq), axis=1)
     if "topk_mass" in extras or "topk_entropy" in extras:
         top = jax.lax.stop_gradient(jax.lax.top_k(logp, top_k)[0])
         pk = jnp.exp(top)

@@ -8,7 +8,8 @@ the logits z (and of the reference logits zq):
     s1   sum exp(z - m) (z - m)                tgt z[target]
     s2   sum exp(2 (z - m))
     mq   running max of zq                     sq0 sum exp(zq - mq)
-    u    sum exp(zq - mq) (zq - z)             topk  the k largest z so far
+    u    sum exp(zq - mq) (zq - z)             r   sum exp(z - m) (z - zq)
+    topk the k largest z so far
 
 All statistics are kept relative to the running max, so the finalisation is
 free of overflow and cancellation at any logit scale (a new max m' rescales
@@ -18,6 +19,11 @@ s0 by exp(m - m') and s2 by its square):
     entropy  = log s0 - s1 / s0                      (= lse - E_p[z])
     log_prob_sq_sum = log s2 - 2 log s0              (= log sum_v p_v^2)
     ref_kl   = u / sq0 - (lse_q - lse)               (= KL(q || p))
+    policy_kl = r / s0 - (lse - lse_q)               (= KL(p || q))
+
+with p the policy's next-token distribution and q the reference's: ``ref_kl``
+is KL(ref || pi) (TDPO's direction), ``policy_kl`` KL(pi || ref), the usual
+direction of RLHF's KL penalty. Both need the reference statistics.
 
 The functions here are plain `jnp` on per-row vectors ``[n]`` and tiles
 ``[n, v]`` so that the same code runs inside Pallas kernels and XLA loops;
@@ -32,15 +38,17 @@ import numpy as np
 
 # Finite stand-in for -inf: keeps `0 * mask` and `mask - mask` NaN-free.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy",
+EXTRAS = ("entropy", "ref_kl", "policy_kl", "topk_mass", "topk_entropy",
           "log_prob_sq_sum")
+# Extras that read the reference head.
+REFERENCE_EXTRAS = ("ref_kl", "policy_kl")
 
 
 class Stats(NamedTuple):
     """Running statistics of one block of tokens; fields are ``[n]`` fp32.
 
     ``s1`` is None without entropy, ``s2`` without log_prob_sq_sum, ``mq``,
-    ``sq0``, ``u`` without a reference head and ``topk`` (``[n, width]``,
+    ``sq0``, ``u``, ``r`` without a reference head and ``topk`` (``[n, width]``,
     ``width >= k``) without top-k extras.
     """
 
@@ -52,6 +60,7 @@ class Stats(NamedTuple):
     mq: jax.Array | None = None
     sq0: jax.Array | None = None
     u: jax.Array | None = None
+    r: jax.Array | None = None
     topk: jax.Array | None = None
 
 
@@ -59,7 +68,7 @@ def row_fields(*, entropy, sq_sum, with_ref):
     """Names of the ``[n]`` fields of `Stats` in use, in `Stats` order."""
     return (("m", "s0", "tgt") + (("s1",) if entropy else ())
             + (("s2",) if sq_sum else ())
-            + (("mq", "sq0", "u") if with_ref else ()))
+            + (("mq", "sq0", "u", "r") if with_ref else ()))
 
 
 def init(n, *, entropy, sq_sum, with_ref, topk_width):
@@ -69,7 +78,7 @@ def init(n, *, entropy, sq_sum, with_ref, topk_width):
     st = Stats(low, zeros, zeros, s1=zeros if entropy else None,
                s2=zeros if sq_sum else None)
     if with_ref:
-        st = st._replace(mq=low, sq0=zeros, u=zeros)
+        st = st._replace(mq=low, sq0=zeros, u=zeros, r=zeros)
     if topk_width:
         st = st._replace(topk=jnp.full((n, topk_width), MASK_VALUE,
                                        jnp.float32))
@@ -114,7 +123,11 @@ def update(st, z, zq, valid, hit, *, top_k):
         sq0 = alpha_q * st.sq0 + jnp.sum(eq, axis=1)
         u = alpha_q * st.u + jnp.sum(jnp.where(valid, eq * (zq - z), 0.0),
                                      axis=1)
-        new = new._replace(mq=mq, sq0=sq0, u=u)
+        # Weighted by the policy (e, scaled like s0): where e is 0 the
+        # difference may be inf - inf.
+        r = alpha * st.r + jnp.sum(jnp.where(e > 0, e * (z - zq), 0.0),
+                                   axis=1)
+        new = new._replace(mq=mq, sq0=sq0, u=u, r=r)
     if st.topk is not None:
         new = new._replace(topk=merge_topk(st.topk, z, top_k))
     return new
@@ -200,7 +213,8 @@ def _merge(st, vmax, vsum, top_union):
     if st.mq is not None:
         mq = vmax(st.mq)
         aq = jnp.exp(st.mq - mq)
-        new = new._replace(mq=mq, sq0=vsum(aq * st.sq0), u=vsum(aq * st.u))
+        new = new._replace(mq=mq, sq0=vsum(aq * st.sq0), u=vsum(aq * st.u),
+                           r=vsum(a * st.r))
     if st.topk is not None:
         every = top_union(st.topk)
         new = new._replace(topk=jax.lax.top_k(every, st.topk.shape[-1])[0])
@@ -237,7 +251,8 @@ def finalize(st, *, top_k):
 
     Returns:
         dict with ``logprobs``, ``lse`` and, when available, ``entropy``,
-        ``log_prob_sq_sum``, ``ref_kl``, ``lse_q``, ``topk_mass``,
+        ``log_prob_sq_sum``, ``ref_kl``, ``policy_kl``, ``lse_q``,
+        ``topk_mass``,
         ``topk_entropy``; all ``[n]``.
     """
     log_s0 = jnp.log(st.s0)
@@ -251,6 +266,7 @@ def finalize(st, *, top_k):
         lse_q = st.mq + jnp.log(st.sq0)
         out["lse_q"] = lse_q
         out["ref_kl"] = st.u / st.sq0 - (lse_q - lse)
+        out["policy_kl"] = st.r / st.s0 - (lse - lse_q)
     if st.topk is not None:
         logp = st.topk[:, :top_k] - lse[:, None]
         p = jnp.exp(logp)
@@ -267,14 +283,16 @@ def tile_grad(y, zq, valid, hit, res, cot, softcap):
         d logp / dz    = onehot(target) - p
         d entropy / dz = -p (log p + H)
         d KL(q||p) / dz = p - q
+        d KL(p||q) / dz = p (log p - log q - KL(p||q))
     and dz / dy = 1 - (z / softcap)^2 under soft-capping.
 
     Args:
         y: ``[n, v]`` fp32 logits before soft-capping. zq: ``[n, v]`` or None.
         valid, hit: as in `update`; valid also masks inactive rows.
-        res: dict of ``[n]`` residuals (``lse``, ``entropy``, ``lse_q``).
+        res: dict of ``[n]`` residuals (``lse``, ``entropy``, ``lse_q``,
+            ``policy_kl``).
         cot: dict of ``[n]`` cotangents (``logprobs``, ``entropy``,
-            ``ref_kl``), missing keys meaning zero.
+            ``ref_kl``, ``policy_kl``), missing keys meaning zero.
     Returns:
         ``[n, v]`` fp32 cotangent of y, zero where not valid.
     """
@@ -288,6 +306,10 @@ def tile_grad(y, zq, valid, hit, res, cot, softcap):
     if "ref_kl" in cot:
         q = jnp.exp(jnp.minimum(zq - res["lse_q"][:, None], 0.0))
         dz += cot["ref_kl"][:, None] * (p - q)
+    if "policy_kl" in cot:
+        logq = zq - res["lse_q"][:, None]
+        term = logp - logq - res["policy_kl"][:, None]
+        dz += cot["policy_kl"][:, None] * jnp.where(p > 0, p * term, 0.0)
     if softcap is not None:
         dz *= 1.0 - jnp.square(z / softcap)
     return jnp.where(valid, dz, 0.0)

@@ -132,8 +132,9 @@ def token_logprobs(responses: Responses, targets: jax.Array, *, extras: Sequence
     Args:
       responses: the scored decoder's hidden states and head.
       targets: ``[B, G, R]`` response token ids.
-      extras: kernel extras (``jalign.kernels``); ``"ref_kl"`` is KL from ``kl_to``.
-      kl_to: the other model's view, for ``"ref_kl"``; a constant.
+      extras: kernel extras (``jalign.kernels``); ``"ref_kl"`` is KL(kl_to || model),
+        ``"policy_kl"`` KL(model || kl_to), per token.
+      kl_to: the other model's view, for ``"ref_kl"`` and ``"policy_kl"``; a constant.
       impl: the kernel implementation.
       top_k: k for the top-k extras.
     """

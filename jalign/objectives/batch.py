@@ -31,6 +31,8 @@ Known per-token extras, as computed by ``jalign.kernels``:
 - ``"entropy"`` ``[B, G, T]``: entropy of the policy's next-token distribution.
 - ``"ref_kl"`` ``[B, G, T]``: KL(pi_ref || pi_theta) of the next-token
   distributions (the summand of TDPO's sequential KL).
+- ``"policy_kl"`` ``[B, G, T]``: KL(pi_theta || pi_ref) of the next-token
+  distributions, the usual direction (RLHF's KL penalty).
 - ``"token_mask_logits"`` ``[B, G, T]``: a learned token-weighting head
   (SparsePO's learned masks), with gradient.
 - ``"log_prob_sq_sum"`` ``[B, G, T]``: log sum_v pi_theta(v | x, y_<t)^2 (WPO's

@@ -1,5 +1,14 @@
 """Verified orbax checkpoints of a run: train state, data-iterator state, RNG and step together.
 
+A checkpoint also holds the run's progress counters (``tokens_seen``, the
+non-padding tokens trained on through its step) as a small JSON item beside
+the data state. They live there rather than in ``TrainState`` for two
+reasons: a Python int on the host never overflows (an int32 device counter
+would wrap after 2**31 tokens, and JAX has no int64 without x64), and a
+checkpoint written before the counter existed still restores (orbax cannot
+restore a ``TrainState`` leaf the checkpoint lacks, so such a checkpoint
+would read as damaged and be moved aside); its ``tokens_seen`` is None.
+
 Each checkpoint carries a digest of what it holds: two 32-bit checksums of
 every array's bits (parameters, optimizer state, RNG key data, step) and a
 SHA-256 of the data-iterator state. Restoring recomputes the digest from what
@@ -74,12 +83,16 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-    """The newest intact checkpoint: its step, train state and data state, and the newer ones skipped."""
+    """The newest intact checkpoint: its step, train state, data state and tokens seen, and the newer ones skipped.
+
+    ``tokens_seen`` is None for a checkpoint written before jalign counted them.
+    """
 
     step: int
     state: TrainState
     data_state: dict
     skipped: tuple[Skipped, ...]
+    tokens_seen: int | None = None
 
 
 class _Damaged(Exception):
@@ -167,8 +180,11 @@ def _data_digest(data_state: Any) -> str:
     return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
 
 
-def _verify(stored: Any, state_tree, data_state: Any) -> None:
-    """Raises :class:`_Damaged` unless ``stored`` is the digest of what was read back."""
+def _verify(stored: Any, state_tree, data_state: Any, progress: dict | None) -> None:
+    """Raises :class:`_Damaged` unless ``stored`` is the digest of what was read back.
+
+    ``progress`` is None for a checkpoint without the progress item; its digest then names none either.
+    """
     if not isinstance(stored, dict) or stored.get("format") != DIGEST_FORMAT:
         raise _Damaged(f"no digest of format {DIGEST_FORMAT}")
     arrays, _ = _inspect(state_tree)
@@ -178,6 +194,8 @@ def _verify(stored: Any, state_tree, data_state: Any) -> None:
         raise _Damaged(f"digest mismatch in {len(differ)} array(s), e.g. {differ[:3]}")
     if stored.get("data") != _data_digest(data_state):
         raise _Damaged("digest mismatch in the data-iterator state")
+    if stored.get("progress") != (None if progress is None else _data_digest(progress)):
+        raise _Damaged("digest mismatch in the progress counters")
 
 
 def _reason(error: BaseException) -> str:
@@ -255,7 +273,7 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data", "digest"))
+                                              item_names=("state", "data", "digest", "progress"))
 
     @property
     def damaged_directory(self) -> pathlib.Path:
@@ -266,30 +284,40 @@ class Checkpointer:
         """The newest finalised checkpoint's step (not verified; see :meth:`newest_intact`)."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, data_state: dict) -> None:
-        """Starts writing the checkpoint of ``step`` with its digest; refuses non-finite states."""
+    def save(self, step: int, state: TrainState, data_state: dict, *, tokens_seen: int | None = None) -> None:
+        """Starts writing the checkpoint of ``step`` with its digest; refuses non-finite states.
+
+        ``tokens_seen``: non-padding tokens trained on through ``step`` (None: not counted).
+        """
         savable = _savable(state)
         arrays, bad = _inspect(savable)
         if bad:
             raise NonFiniteStateError(f"refusing to save step {step}: non-finite values at {bad[:5]}")
-        digest = {"format": DIGEST_FORMAT, "arrays": arrays, "data": _data_digest(data_state)}
+        progress = {"tokens_seen": tokens_seen}
+        digest = {"format": DIGEST_FORMAT, "arrays": arrays, "data": _data_digest(data_state),
+                  "progress": _data_digest(progress)}
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(savable), data=ocp.args.JsonSave(data_state),
-            digest=ocp.args.JsonSave(digest)))
+            digest=ocp.args.JsonSave(digest), progress=ocp.args.JsonSave(progress)))
 
     def wait(self) -> None:
         """Blocks until the checkpoint being written (if any) is finalised."""
         self._manager.wait_until_finished()
 
-    def _read(self, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
-        """Reads and verifies ``step``; raises :class:`_Damaged` or whatever orbax raised."""
+    def _read(self, step: int, abstract: TrainState) -> tuple[TrainState, dict, int | None]:
+        """Reads and verifies ``step`` (state, data state, tokens seen); raises :class:`_Damaged` or orbax's error."""
         _check_readable(self.directory / str(step) / "state", len(jax.tree.leaves(abstract)))
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-            digest=ocp.args.JsonRestore()))
+        items = dict(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+                     digest=ocp.args.JsonRestore())
+        has_progress = (self.directory / str(step) / "progress").is_dir()  # written since tokens_seen exists
+        if has_progress:
+            items["progress"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         raw, data_state = restored["state"], restored["data"]
-        _verify(restored["digest"], raw, data_state)
-        return dataclasses.replace(raw, rng=jax.random.wrap_key_data(raw.rng)), data_state
+        progress = restored["progress"] if has_progress else None
+        _verify(restored["digest"], raw, data_state, progress)
+        tokens_seen = None if progress is None else progress.get("tokens_seen")
+        return dataclasses.replace(raw, rng=jax.random.wrap_key_data(raw.rng)), data_state, tokens_seen
 
     def steps(self) -> list[int]:
         """The steps of the finalised checkpoints, oldest first (not verified)."""
@@ -338,13 +366,13 @@ class Checkpointer:
         """
         self.wait()
         try:
-            return self._read(step, abstract_state(like))
+            return self._read(step, abstract_state(like))[:2]
         except Exception as error:  # noqa: BLE001 - any failure to read is reported as one error
             raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be restored: "
                                   f"{_reason(error)}") from None
 
     def _first_intact(self, abstract: TrainState) -> tuple[int | None, tuple, list[Skipped]]:
-        """``(step, (state, data_state), skipped)`` of the newest checkpoint that reads and verifies."""
+        """``(step, (state, data_state, tokens_seen), skipped)`` of the newest checkpoint that reads and verifies."""
         self.wait()
         skipped = []
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -383,7 +411,7 @@ class Checkpointer:
             moved = self._move_aside(bad)
             logger.warning("checkpoint step %d skipped: %s; moved to %s; restoring step %d instead",
                            bad.step, bad.reason, moved, step)
-        return Restored(step, found[0], found[1], tuple(skipped))
+        return Restored(step, found[0], found[1], tuple(skipped), found[2])
 
     def _move_aside(self, bad: Skipped) -> pathlib.Path:
         """Moves a damaged step folder to :attr:`damaged_directory` with a note of why (process 0 moves)."""

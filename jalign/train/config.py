@@ -226,7 +226,9 @@ class TrainSection:
       keep_checkpoints: recent checkpoints kept.
       logprob_impl: "auto", "chunked", "pallas_tpu", "pallas_gpu" or "naive".
       extras: per-token kernel extras to compute for metrics, beyond what the
-        objective needs ("entropy", "ref_kl", ...).
+        objective needs ("entropy", "ref_kl", "policy_kl", ...); "ref_kl" is
+        logged as ``kl/ref_kl``, KL(ref || pi), and "policy_kl" as
+        ``kl/policy_kl``, KL(pi || ref), each summed over a response's tokens.
       eval_every: steps between evaluations of the held-out data
         (``data.eval`` / ``data.eval_fraction``, which is also evaluated at the
         last step), of an online run's win rate and KL against the reference
@@ -242,7 +244,8 @@ class TrainSection:
       reference: "model" runs the reference forward every step (a frozen copy,
         or the LoRA base); "precomputed" scores the data once before training
         and keeps the log-probs with it (no reference weights on device;
-        extras needing the reference model, such as "ref_kl", are unavailable).
+        extras needing the reference model, such as "ref_kl" and "policy_kl",
+        are unavailable).
     """
 
     steps: int = 100

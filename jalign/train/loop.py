@@ -28,15 +28,17 @@ from jalign.data.formats import detect_kind
 from jalign.models import Decoder, load_hf, lora
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import load_tokenizer
+from jalign.objectives.declaration import PREVIOUS
 from jalign.sharding import make_mesh, state_shardings
 from jalign.train.checkpoint import Checkpointer, abstract_state
 from jalign.train.config import Experiment
 from jalign.train.metrics_log import MetricsWriter, Progress, scalars
+from jalign.train.mfu import device_peak, train_flops_per_token
 from jalign.train.online import Rollout
 from jalign.train.optim import learning_rate_schedule, make_optimizer
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
-from jalign.train.provider import FROZEN, PRECOMPUTED, Plan, plan_inputs
+from jalign.train.provider import FROZEN, LORA_BASE, PRECOMPUTED, Plan, plan_inputs
 from jalign.train.evaluation import aggregate, make_eval_step
 from jalign.train.generations import EvalGenerations
 from jalign.train.hosts import device_batch, gathered, process_rows
@@ -68,6 +70,9 @@ class Run:
     An online run has a ``rollout`` (generation and judging) and its
     ``iterator`` is the rollout's prompt iterator. ``generations`` answers
     held-out prompts at each evaluation (``train.eval_generations``).
+    ``flops_per_token(batch)`` is the step's model FLOPs per token of
+    ``batch`` (``jalign.train.mfu``); None for a preference model's scores,
+    which skip the output projection.
     """
 
     graphdef: Any
@@ -84,6 +89,7 @@ class Run:
     mesh: Any
     rollout: Rollout | None = None
     generations: EvalGenerations | None = None
+    flops_per_token: Callable[[dict], float | None] = lambda batch: None
 
 
 def _create_sharded(make: Callable[..., nnx.Module], mesh, rules, *args) -> nnx.Module:
@@ -219,7 +225,17 @@ def build(exp: Experiment) -> Run:
                                                  rules)
     state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
     return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
-               data_report, mesh, rollout, generations)
+               data_report, mesh, rollout, generations, functools.partial(_flops_per_token, model.cfg, plan))
+
+
+def _flops_per_token(cfg, plan: Plan, batch: dict) -> float | None:
+    """The step's model FLOPs per token of ``batch``, whose padded ``prompt + response`` length
+    (one of the collator's buckets) sets the attention term (``jalign.train.mfu``)."""
+    if not plan.logprobs:
+        return None
+    seq_len = batch["prompt_tokens"].shape[-1] + batch["response_tokens"].shape[-1]
+    on_device = plan.reference in (FROZEN, LORA_BASE) or plan.reference_slot == PREVIOUS
+    return float(train_flops_per_token(cfg, seq_len, reference_forward=on_device))
 
 
 def _offline_data(exp: Experiment, plan: Plan, model: nnx.Module, tokenizer, mesh, rules):
@@ -323,19 +339,24 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
     run = build(exp)
     checkpointer = Checkpointer(out / "checkpoints", keep=exp.train.keep_checkpoints)
     restored = checkpointer.restore_newest(run.state)  # verified; falls back past damaged checkpoints
-    start = 0
+    start, tokens_seen = 0, 0
     if restored is not None:
-        start, run.state = restored.step, restored.state
+        start, run.state, tokens_seen = restored.step, restored.state, restored.tokens_seen
         run.iterator.set_state(restored.data_state)
         if jax.process_index() == 0:
             print(f"resuming from step {start} ({checkpointer.directory / str(start)})", file=sys.stderr)
+            if tokens_seen is None:
+                print(f"checkpoint {start} predates the tokens_seen counter; rows will not log it",
+                      file=sys.stderr)
     writer = MetricsWriter(out, resume_from=start if start else None,
                            tensorboard=jax.process_index() == 0)
     bar = Progress(exp.train.steps, start, disable=not progress or jax.process_index() != 0)
     last: dict = {}
     end = exp.train.steps if stop_at is None else min(stop_at, exp.train.steps)
     done = start
-    window = MetricWindow(exp)
+    peak = device_peak(jax.devices()[0].device_kind)
+    peak_flops = None if peak is None else peak * run.mesh.size
+    window = MetricWindow(exp, peak_flops=peak_flops, tokens_seen=tokens_seen)
     say = _say if jax.process_index() == 0 else (lambda text: None)
     say(startup_summary(run))
 
@@ -361,6 +382,9 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 run.state, batch = run.rollout(run.state, run.frozen, step, exp.objective)
             updating = time.perf_counter()
             run.state, metrics = run.step_fn(run.state, run.frozen, batch, exp.objective)
+            per_token = None if peak_flops is None else run.flops_per_token(batch)
+            if per_token is not None:  # only where MFU is logged: CPU runs keep their metrics
+                metrics = {**metrics, "model_flops": metrics["tokens"] * jnp.float32(per_token)}
             if run.rollout is not None:  # the next generation needs this update anyway: time it
                 jax.block_until_ready(metrics)
                 run.rollout.add_update_time(time.perf_counter() - updating)
@@ -380,7 +404,8 @@ def train(exp: Experiment, *, evaluate: Evaluate | None = None, stop_at: int | N
                 done, pending = finish(step, metrics), None
             if checkpoint_due:
                 with _ctrl_c_after():
-                    checkpointer.save(step, run.state, run.iterator.get_state())
+                    checkpointer.save(step, run.state, run.iterator.get_state(),
+                                      tokens_seen=window.tokens_seen_now())
         if pending is not None:
             done = finish(*pending)
     except KeyboardInterrupt:
@@ -452,13 +477,27 @@ class MetricWindow:
     Adding a step dispatches one small jitted sum and never waits, so only log
     steps fetch from the device. A row holds each metric's mean over the
     window (not one batch's value), ``tokens`` (non-padding tokens trained on
-    in the window), ``tokens_per_s`` over the window's wall-clock time (it
+    in the window), ``tokens_seen`` (all trained on since step 1, carried
+    across resumes by the checkpoint), ``tokens_per_s`` over the window's wall-clock time (it
     includes evaluation and checkpoint writes inside the window, not
-    compilation) and ``lr``, the learning rate of the newest update. After a
-    resume the first window holds the steps run since the resume.
+    compilation), ``lr``, the learning rate of the newest update, and
+    ``mfu``, the window's ``model_flops`` (a step metric the loop adds: its
+    tokens times the model FLOPs per token of its batch's shape) per second
+    over ``peak_flops``, when both are known (never on CPUs, whose peak is
+    unknown). After a resume the first
+    window holds the steps run since the resume.
+
+    Args:
+      exp: the experiment (learning-rate schedule).
+      peak_flops: the mesh's devices' summed peak FLOP/s, or None.
+      tokens_seen: tokens trained on before this window's first step (a
+        resumed checkpoint's count); None: unknown, and rows omit it.
     """
 
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp: Experiment, *, peak_flops: float | None = None,
+                 tokens_seen: int | None = 0):
+        self._tokens_seen = tokens_seen
+        self._peak_flops = peak_flops
         self._schedule = learning_rate_schedule(exp.optimizer, optimizer_updates(exp))
         self._accumulation = exp.optimizer.accumulation_steps
         self._total, self._steps = None, 0
@@ -471,14 +510,25 @@ class MetricWindow:
         self._total = _first(metrics) if self._total is None else _add(self._total, metrics)
         self._steps += 1
 
+    def tokens_seen_now(self) -> int | None:
+        """Tokens trained on through the newest added step (fetches the window's count: the step is waited for)."""
+        if self._tokens_seen is None or self._total is None:
+            return self._tokens_seen
+        return self._tokens_seen + int(self._total["tokens"])
+
     def row(self, step: int) -> dict:
         """The window's means (and token counts) as of ``step``; the window starts again."""
         values = scalars(self._total)
         seconds = time.perf_counter() - self._started
-        tokens = values.pop("tokens", None)
+        tokens, flops = values.pop("tokens", None), values.pop("model_flops", None)
         row = {k: v / self._steps for k, v in values.items()}
         if tokens is not None:
             row.update(tokens=tokens, tokens_per_s=tokens / max(seconds, 1e-9))
+            if self._tokens_seen is not None:
+                self._tokens_seen += int(tokens)
+                row["tokens_seen"] = self._tokens_seen
+        if flops is not None and self._peak_flops is not None:
+            row["mfu"] = flops / max(seconds, 1e-9) / self._peak_flops
         row["lr"] = float(self._schedule(max(step // self._accumulation - 1, 0)))
         self._total, self._steps = None, 0
         self.restart_clock()

@@ -129,7 +129,7 @@ def _records(path: pathlib.Path) -> list[tuple[dict, str]]:
 
 
 # Metrics measured by the clock, which two runs of the same numbers do not share.
-WALL_CLOCK = ("tokens_per_s", "gen/tokens_per_s")
+WALL_CLOCK = ("tokens_per_s", "gen/tokens_per_s", "mfu")
 WALL_CLOCK_PREFIXES = ("time/",)  # an online run's seconds in generation, judging and update, and their shares
 
 

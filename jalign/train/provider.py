@@ -48,7 +48,9 @@ from jalign.train.token_inputs import (
 NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
 JUDGED_LABELS = ("preference", "win_prob")  # what the online loop's judge provides
 PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iterate
-KERNEL_EXTRAS = ("entropy", "ref_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
+KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
+# Kernel extras computed against the reference model's next-token distribution.
+REFERENCE_KERNEL_EXTRAS = ("ref_kl", "policy_kl")
 _DATA_KINDS = {PAIR: ("paired",), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
                ANY: ("paired", "ranked", "unpaired")}
 
@@ -179,11 +181,13 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
             where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired") if key in intrinsic_labels(kind)]
             missing.append(f"labels[{key!r}]: not in {data_kind} data" + (f"; provide {' or '.join(where)}"
                                                                            if where else ""))
-    uses_reference_model = ("ref_kl" in kernel_extras) or ("kl_estimate" in computed) or bool(mask_extras)
+    uses_reference_model = (bool(set(REFERENCE_KERNEL_EXTRAS) & set(kernel_extras)) or ("kl_estimate" in computed)
+                            or bool(mask_extras))
     need_reference = needs.reference or uses_reference_model or bool(computed)
     reference = _reference_kind(need_reference, reference_mode, lora)
     if reference == PRECOMPUTED and uses_reference_model:
-        wanted = [x for x in ("ref_kl", "kl_estimate", *MASK_EXTRAS) if x in kernel_extras + computed + mask_extras]
+        wanted = [x for x in (*REFERENCE_KERNEL_EXTRAS, "kl_estimate", *MASK_EXTRAS)
+                  if x in kernel_extras + computed + mask_extras]
         missing.append(f"{', '.join(wanted)}: needs the reference model on device (KL to its next-token "
                        "distribution, mismatched pairs drawn per batch, or its activations); set "
                        "train.reference='model'")
@@ -286,7 +290,7 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
     own = encode_responses(policy, batch)
     ref_logprobs, ref_view = _reference_logprobs(plan, reference, batch, impl)
     out = token_logprobs(own, batch["response_tokens"], extras=plan.kernel_extras, impl=impl, top_k=top_k,
-                         kl_to=ref_view if "ref_kl" in plan.kernel_extras else None)
+                         kl_to=ref_view if set(REFERENCE_KERNEL_EXTRAS) & set(plan.kernel_extras) else None)
     extras = {name: getattr(out, name) for name in plan.kernel_extras}
     extras.update(_mask_extras(plan, policy, ref_view))
     if "kl_estimate" in plan.computed_labels:

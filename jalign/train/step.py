@@ -58,8 +58,11 @@ def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
 
     ``kl/logratio`` is the mean sequence log-ratio log pi/pi_ref over the batch's
     responses (a Monte-Carlo KL estimate only for on-policy samples);
-    ``kl/ref_kl`` the exact per-sequence KL(pi_ref || pi) summed over tokens and
-    ``entropy`` the mean per-token policy entropy, when those extras exist.
+    ``kl/ref_kl`` the exact per-sequence KL(pi_ref || pi) of the next-token
+    distributions summed over tokens (TDPO's direction), ``kl/policy_kl`` the
+    same sum of KL(pi || pi_ref) (the usual direction, RLHF's KL penalty) and
+    ``entropy`` the mean per-token policy entropy, when those extras exist
+    (``train.extras``).
     """
     if lp.mask is None:  # a preference model's batch: scores only
         return {}
@@ -68,6 +71,8 @@ def diagnostics(lp: LogProbs) -> dict[str, jax.Array]:
         out["kl/logratio"] = jnp.mean(jax.lax.stop_gradient(log_ratios(lp)))
     if "ref_kl" in lp.extras:
         out["kl/ref_kl"] = jnp.mean(jax.lax.stop_gradient(masked_sum(lp.extras["ref_kl"], lp)))
+    if "policy_kl" in lp.extras:
+        out["kl/policy_kl"] = jnp.mean(jax.lax.stop_gradient(masked_sum(lp.extras["policy_kl"], lp)))
     if "entropy" in lp.extras:
         out["entropy"] = jnp.mean(jax.lax.stop_gradient(masked_mean(lp.extras["entropy"], lp)))
     return out

@@ -13,7 +13,7 @@ import numpy as np
 
 from jalign.kernels import sequence_logprobs
 
-ALL_EXTRAS = ("entropy", "ref_kl", "topk_mass", "topk_entropy",
+ALL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "topk_mass", "topk_entropy",
               "log_prob_sq_sum")
 FIELDS = ("logprobs",) + ALL_EXTRAS
 
@@ -139,6 +139,8 @@ def weighted_loss(impl, prob, **kw):
         total = jnp.sum(0.7 * out.logprobs) + jnp.sum(0.4 * out.entropy)
         if out.ref_kl is not None:
             total -= jnp.sum(1.3 * out.ref_kl)
+        if out.policy_kl is not None:
+            total += jnp.sum(0.9 * out.policy_kl)
         return total
     return loss
 

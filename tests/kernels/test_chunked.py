@@ -42,14 +42,15 @@ def test_grads_match_full_logits():
 def test_extreme_logits(scale):
     """Logits of magnitude 1e3-1e4: values within 1e-5 relative and finite
     gradients matching autodiff of the naive log_softmax. Gradient tolerance
-    1e-7 * scale: an fp32 logit of size `scale` carries an absolute rounding
+    2e-7 * scale: an fp32 logit of size `scale` carries an absolute rounding
     error of ~6e-8 * scale, which moves every probability (in both
-    implementations) by that relative amount."""
+    implementations) by that relative amount, and policy_kl's gradient
+    p (log p - log q - KL) multiplies two factors that each carry it."""
     prob = make_problem(3, *CANON, scale=scale)
     want = run(prob, "naive")
     got = run(prob, "chunked", **TILES)
     assert_outputs_close(got, want, rtol=1e-5, atol=1e-5 * scale * 1e-2)
-    assert_grads_close("chunked", prob, rtol=1e-7 * scale, **TILES)
+    assert_grads_close("chunked", prob, rtol=2e-7 * scale, **TILES)
 
 
 def test_bf16_inputs():

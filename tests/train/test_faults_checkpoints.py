@@ -10,6 +10,7 @@ checkpoint that verifies.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -79,6 +80,7 @@ DAMAGE = {
     "truncated data file": lambda d: _truncate(_largest_data_file(d)),
     "deleted state data folder": lambda d: shutil.rmtree(d / "state" / "ocdbt.process_0" / "d"),
     "deleted data/ (iterator state)": lambda d: shutil.rmtree(d / "data"),
+    "deleted progress/ (tokens seen)": lambda d: shutil.rmtree(d / "progress"),
     "deleted state/_METADATA": lambda d: (d / "state" / "_METADATA").unlink(),
     "64 flipped bytes in a data file": lambda d: _flip_64_bytes(_largest_data_file(d)),
 }
@@ -113,6 +115,37 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(trained, tmp_pat
     pristine.close()
     _assert_same_state(restored.state, expected_state)
     assert restored.data_state == expected_data
+
+
+def _as_before_tokens_seen(step_dir: pathlib.Path) -> None:
+    """Rewrites a checkpoint as jalign wrote it before it counted tokens: no progress/ item, and a digest
+    that names none (orbax's JSON item is the file ``digest/metadata``)."""
+    shutil.rmtree(step_dir / "progress")
+    digest_file = step_dir / "digest" / "metadata"
+    digest = json.loads(digest_file.read_text())
+    del digest["progress"]
+    digest_file.write_text(json.dumps(digest))
+
+
+def test_tokens_seen_restore_and_an_older_checkpoint_without_them_is_not_damaged(trained, tmp_path):
+    """The newest checkpoint restores the run's logged tokens_seen at its step; the same checkpoint in the
+    older layout restores as intact (nothing moved aside) with tokens_seen None."""
+    run, _, built = trained
+    like = built.state
+    directory = _copy_checkpoints(run, tmp_path)
+    checkpointer = Checkpointer(directory, keep=3)
+    restored = checkpointer.restore_newest(like)
+    checkpointer.close()
+    logged = read_metrics(run / "metrics.jsonl")[STEPS - 1]
+    assert restored.step == STEPS and restored.tokens_seen == logged["tokens_seen"] > 0
+
+    _as_before_tokens_seen(directory / str(STEPS))
+    checkpointer = Checkpointer(directory, keep=3)
+    older = checkpointer.restore_newest(like)
+    checkpointer.close()
+    assert older.step == STEPS and older.skipped == () and older.tokens_seen is None
+    assert not (tmp_path / "checkpoints.damaged").exists()
+    _assert_same_state(older.state, restored.state)
 
 
 def test_one_flipped_bit_that_orbax_reads_silently_is_caught_by_the_digest(trained, tmp_path):

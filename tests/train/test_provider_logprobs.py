@@ -21,7 +21,7 @@ def test_policy_and_reference_logprobs_match_full_sequence_forward():
     policy = Decoder(CFG, rngs=nnx.Rngs(0))
     reference = Decoder(CFG, rngs=nnx.Rngs(1))
     batch = paired_batch()
-    plan = Plan(reference="frozen", kernel_extras=("entropy", "ref_kl"))
+    plan = Plan(reference="frozen", kernel_extras=("entropy", "ref_kl", "policy_kl"))
     lp = nnx.jit(lambda p, r, b: batch_logprobs(plan, p, r, b, impl="chunked"))(policy, reference, batch)
     mask = batch["response_mask"]
     np.testing.assert_array_equal(lp.mask, mask)
@@ -29,6 +29,9 @@ def test_policy_and_reference_logprobs_match_full_sequence_forward():
     np.testing.assert_allclose(lp.reference * mask, batch_logprobs_by_hand(reference, batch), atol=2e-5)
     assert lp.extras["entropy"].shape == mask.shape
     assert np.all(np.asarray(lp.extras["ref_kl"]) >= -1e-6)
+    # Both directions reach the batch (tests/kernels/test_policy_kl.py checks their values), and differ.
+    assert np.all(np.asarray(lp.extras["policy_kl"]) >= -1e-6)
+    assert np.max(np.abs(np.asarray(lp.extras["policy_kl"] - lp.extras["ref_kl"]))) > 1e-4
 
 
 def test_gradient_flows_to_policy_only():

@@ -27,6 +27,7 @@ def test_reference_is_decided_once_from_the_declaration_and_the_run():
         == "precomputed"
     assert plan_inputs(simpo() + 0.1 * sft(), data_kind="paired", columns=PAIRED).reference == "none"
     assert plan_inputs(sft(), data_kind="paired", columns=PAIRED, metric_extras=("ref_kl",)).reference == "frozen"
+    assert plan_inputs(sft(), data_kind="paired", columns=PAIRED, metric_extras=("policy_kl",)).reference == "frozen"
 
 
 def test_kernel_extras_are_the_objectives_and_the_metrics():
@@ -55,6 +56,8 @@ def test_sparsepo_masks_are_exactly_what_its_mask_needs():
     (tgdpo(), dict(data_kind="paired", columns=PAIRED), ["labels['guide_log_ratio']: set model.guide"]),
     (kto(), dict(data_kind="unpaired", columns=UNPAIRED, reference_mode="precomputed"),
      ["kl_estimate: needs the reference model on device"]),
+    (dpo(), dict(data_kind="paired", columns=PAIRED, reference_mode="precomputed", metric_extras=("policy_kl",)),
+     ["policy_kl: needs the reference model on device"]),
     (dpo(), dict(data_kind="paired", columns=PAIRED, metric_extras=("entropi",)),
      ["train.extras 'entropi': not a kernel extra"]),
     # Every gap is listed in the one message, not only the first.

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from jalign.train.loop import train
 from jalign.train.metrics_log import read_metrics, without_wall_clock
 
@@ -64,14 +66,19 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     resumed_rows = read_metrics(interrupted / "run" / "metrics.jsonl")
     assert [r["step"] for r in resumed_rows] == list(range(1, STEPS + 1))
     assert [without_wall_clock(r) for r in resumed_rows] == [without_wall_clock(r) for r in straight_rows]
+    # tokens_seen is among the equal metrics: the checkpoint carried the count over the kill.
+    assert all("tokens_seen" in r for r in resumed_rows)
     assert without_wall_clock(resumed["metrics"]) == without_wall_clock(reference["metrics"])
 
 
 def test_stop_and_resume_in_process_truncates_the_log(tmp_path):
-    """Stopping after step 3 with checkpoints every 2 steps redoes step 3 on resume."""
+    """Stopping after step 3 with checkpoints every 2 steps redoes step 3 on resume; tokens seen stay the
+    running sum of the per-step tokens across the resume (checkpoint 2 carries steps 1-2's)."""
     exp = experiment(tmp_path, 4, checkpoint_every=2)
     train(exp, stop_at=3, progress=False)
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 3
     resumed = train(exp, progress=False)
     assert resumed["resumed_from"] == 2
-    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["tokens_seen"] for r in rows] == list(np.cumsum([r["tokens"] for r in rows]))
