@@ -91,3 +91,8 @@ def make_optimizer(cfg: OptimizerConfig, total_updates: int) -> optax.GradientTr
     if cfg.accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulation_steps)
     return fp32_state(tx)
+
+
+def optimizer_updates(exp) -> int:
+    """Optimizer updates in the whole run (micro-steps over accumulation): the schedule's length."""
+    return max(exp.train.steps // exp.optimizer.accumulation_steps, 1)

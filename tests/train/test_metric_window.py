@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from jalign.train import loop, mfu
-from jalign.train.loop import MetricWindow, train
+from jalign.train.loop import train
+from jalign.train.metric_window import MetricWindow
 from jalign.train.metrics_log import read_metrics
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
