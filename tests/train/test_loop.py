@@ -13,7 +13,7 @@ import dataclasses
 import pathlib
 import sys
 
-from jalign.train import loop
+from jalign.train import loop, metric_window
 from jalign.train.checkpoint import Checkpointer
 from jalign.train.loop import train
 from jalign.train.metrics_log import read_metrics
@@ -26,7 +26,7 @@ def test_flags_are_read_one_step_behind_and_checkpoints_are_not_waited_on(tmp_pa
     exp = experiment(tmp_path, 5, checkpoint_every=3)
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, log_every=2))
     events = []
-    build, finished_row, scalars = loop.build, loop._finished_row, loop.scalars
+    build, finished_row, scalars = loop.build, loop._finished_row, metric_window.scalars
     save, wait = Checkpointer.save, Checkpointer.wait
 
     def recording_build(e):
@@ -43,7 +43,7 @@ def test_flags_are_read_one_step_behind_and_checkpoints_are_not_waited_on(tmp_pa
     monkeypatch.setattr(loop, "build", recording_build)
     monkeypatch.setattr(loop, "_finished_row", lambda run, e, c, step, *a, **k: events.append(f"check {step}")
                         or finished_row(run, e, c, step, *a, **k))
-    monkeypatch.setattr(loop, "scalars", lambda metrics: events.append("fetch") or scalars(metrics))
+    monkeypatch.setattr(metric_window, "scalars", lambda metrics: events.append("fetch") or scalars(metrics))
     monkeypatch.setattr(Checkpointer, "save", lambda self, step, *a, **k: events.append(f"save {step}")
                         or save(self, step, *a, **k))
     monkeypatch.setattr(Checkpointer, "wait", lambda self: events.append("wait") or wait(self))
