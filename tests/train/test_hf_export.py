@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import pathlib
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -35,20 +36,11 @@ from jalign.train.run_config import check_and_save
 from jalign.train.step import TrainState
 from tiny_experiment import DATA, experiment
 
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "models"))
+from hf_tiny import padded_batch  # noqa: E402
+
 # q and v (heads in), o (heads out), down (plain linear) in every layer; up only in layer 1.
 LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "down_proj", "layers.1.mlp.up_proj")
-
-
-def _batch(vocab: int = 300, length: int = 12):
-    """tokens [3, T] int32 (full, right-padded, left-padded rows), mask [3, T] bool, positions [3, T]."""
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(4, vocab, size=(3, length)).astype(np.int32)
-    mask = np.ones((3, length), bool)
-    mask[1, length - 4:] = False
-    mask[2, :5] = False
-    tokens[~mask] = 0
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    return tokens, mask, positions
 
 
 def _logprobs(logits, tokens, mask):
@@ -59,12 +51,12 @@ def _logprobs(logits, tokens, mask):
 
 
 def _jalign_logprobs(model):
-    tokens, mask, _ = _batch()
+    tokens, mask, _ = padded_batch(vocab=300)
     return _logprobs(model(jnp.asarray(tokens), jnp.asarray(mask)), tokens, mask)
 
 
 def _torch_logprobs(model):
-    tokens, mask, positions = _batch()
+    tokens, mask, positions = padded_batch(vocab=300)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(tokens, dtype=torch.long),
                        attention_mask=torch.tensor(mask, dtype=torch.long),
