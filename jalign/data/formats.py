@@ -20,7 +20,9 @@ Further labels are read from record fields when an objective declares them
 (UltraFeedback's columns) give ``"score"`` ``[2]`` (MADPO's reward-model
 margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
 ``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
-``[2, K]`` (MODPO's other reward models).
+``[2, K]`` (MODPO's other reward models); ``attributes_chosen`` /
+``attributes_rejected`` give ``"attributes"`` ``[2, K]``, per-response
+attribute ratings (a multi-objective reward model's targets).
 
 The prompt is implicit only when the data has no ``prompt`` column at all
 (TRL's ``maybe_extract_prompt`` extracts it when ``"prompt" not in example``;
@@ -59,6 +61,7 @@ KIND_FIELDS = {"paired": ("prompt", "chosen", "rejected"),
 LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("paired", "score"): ("score_chosen", "score_rejected"),
     ("paired", "other_rewards"): ("other_rewards_chosen", "other_rewards_rejected"),
+    ("paired", "attributes"): ("attributes_chosen", "attributes_rejected"),
 }
 _INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",)}
 

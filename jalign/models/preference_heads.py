@@ -9,7 +9,10 @@ token), through one bias-free linear map ``score``:
   ``s(x, A, B)``; both orders are scored in one forward (as two completions
   of the shared prompt), and the loss uses ``s(x, A, B) - s(x, B, A)``;
 - ``"embedding"``: ``[E, K]``, a general preference model's embedding
-  ``v(x, y)`` (Zhang et al. 2024).
+  ``v(x, y)`` (Zhang et al. 2024);
+- ``"multi_reward"``: ``[E, K]``, ``K`` attribute rewards ``r(x, y)`` of a
+  multi-objective reward model (Wang et al. 2024, DPA: a linear regression
+  head on the last hidden state).
 
 Standard responses end in EOS (``jalign.data``), which delimits ``A`` from
 ``B`` in the pairwise input.
@@ -23,9 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jalign.objectives.declaration import EMBEDDING, PAIRWISE, REWARD
+from jalign.objectives.declaration import EMBEDDING, MULTI_REWARD, PAIRWISE, REWARD
 
-HEADS = (REWARD, PAIRWISE, EMBEDDING)
+HEADS = (REWARD, PAIRWISE, EMBEDDING, MULTI_REWARD)
+VECTOR_HEADS = (EMBEDDING, MULTI_REWARD)  # heads with model.score_dim outputs
 
 
 class ScoreHead(nnx.Module):
@@ -55,7 +59,7 @@ class ScoreHead(nnx.Module):
 
 def add_score_head(model: nnx.Module, kind: str, *, outputs: int = 1, rngs: nnx.Rngs) -> None:
     """Attaches a :class:`ScoreHead` to ``model`` as ``model.score_head``."""
-    model.score_head = ScoreHead(kind, model.cfg.hidden_size, 1 if kind != EMBEDDING else outputs, rngs=rngs)
+    model.score_head = ScoreHead(kind, model.cfg.hidden_size, outputs if kind in VECTOR_HEADS else 1, rngs=rngs)
 
 
 def last_token_hidden(model: Any, prompt: jax.Array, prompt_mask: jax.Array, completions: jax.Array,
@@ -95,11 +99,12 @@ def both_orders(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 def preference_scores(model: Any, batch: dict) -> jax.Array:
-    """The head's scores of a collated batch: ``[B, G]`` rewards, ``[B, 2]`` pairwise logits or ``[B, G, K]``."""
+    """The head's scores of a collated batch: ``[B, G]`` rewards, ``[B, 2]`` pairwise logits or ``[B, G, K]``
+    (embeddings, attribute rewards)."""
     head = model.score_head
     tokens, mask = batch["response_tokens"], batch["response_mask"]
     if head.kind == PAIRWISE:
         tokens, mask = both_orders(tokens, mask)
     hidden = last_token_hidden(model, batch["prompt_tokens"], batch["prompt_mask"], tokens, mask)
     out = head(hidden)                                                        # [B, G, N]
-    return out if head.kind == EMBEDDING else out[..., 0]
+    return out if head.kind in VECTOR_HEADS else out[..., 0]

@@ -23,6 +23,7 @@ from jalign.objectives.gpo import (
     GPOSavage as gpo_savage, GPOSquared as gpo_squared,
     GPOTruncatedQuadratic as gpo_truncated_quadratic, SLiC as slic,
 )
+from jalign.objectives.multi_objective import MultiReward as multi_reward
 from jalign.objectives.listwise import (
     CurryDPO as curry_dpo, LiPOLambda as lipo_lambda, LiPOSoftmax as lipo_softmax, ListMLE as list_mle,
 )
@@ -51,7 +52,7 @@ OBJECTIVES = (
     "curry_dpo", "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpm",
     "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
     "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
-    "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
+    "lipo_softmax", "list_mle", "madpo", "modpo", "multi_reward", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
 )

@@ -25,7 +25,8 @@ _DESCRIPTIONS = {PAIR: "paired", SINGLE: "unpaired", TRIPLE: "triples", LIST: "l
 REWARD = "reward"  # [B, G]: one scalar per (prompt, response)
 PAIRWISE = "pairwise"  # [B, 2]: the logit of (A, B) and of (B, A), from prompt + A + B
 EMBEDDING = "embedding"  # [B, G, K]: a K-dimensional preference embedding per (prompt, response)
-SCORES = {REWARD: 2, PAIRWISE: 2, EMBEDDING: 3}  # kind -> rank of LogProbs.scores
+MULTI_REWARD = "multi_reward"  # [B, G, K]: K attribute rewards per (prompt, response) (DPA)
+SCORES = {REWARD: 2, PAIRWISE: 2, EMBEDDING: 3, MULTI_REWARD: 3}  # kind -> rank of LogProbs.scores
 
 
 def _join_responses(a: str, b: str, where: str) -> str:
@@ -51,7 +52,7 @@ class Requirements:
       logprobs: whether the policy's per-token log-probs are needed (every
         policy objective; not preference-model losses).
       scores: the preference-model output needed (``"reward"``,
-        ``"pairwise"``, ``"embedding"``), or ``None``.
+        ``"pairwise"``, ``"embedding"``, ``"multi_reward"``), or ``None``.
     """
 
     responses: str = PAIR

@@ -122,7 +122,9 @@ class ModelSection:
         whose labels it computes (TGDPO's token rewards: the guide's per-token
         log-ratio against the reference).
       score_dim: the preference-embedding dimension of a general preference
-        model's head (``gpm``; even). Reward and pairwise heads have one output.
+        model's head (``gpm``; even), or the number of attributes of a
+        multi-objective reward head (``multi_reward``). Reward and pairwise
+        heads have one output.
       dtype: compute dtype of activations ("bfloat16" for mixed precision);
         None keeps the architecture's (``arch.dtype``, float32 for HF loads).
       param_dtype: storage dtype of the parameters; None keeps the

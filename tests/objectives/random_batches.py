@@ -35,6 +35,7 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "score": rng.normal(size=(batch, g)),
         "desirable": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
         "other_rewards": rng.normal(size=(batch, g, 2)),
+        "attributes": rng.normal(size=(batch, g, 4)),
         "guide_log_ratio": rng.normal(size=shape),
         "kl_estimate": rng.normal(size=(batch,)),
         "win_prob": rng.uniform(0, 1, size=(batch, g)),
@@ -52,7 +53,8 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
     as_array = lambda x: jnp.asarray(x, dtype)
     if requires.scores is not None:
         # Preference-model outputs of about log_ratio_scale; ranked lists' scores label their pairs.
-        shape = {"reward": (batch, g), "pairwise": (batch, 2), "embedding": (batch, g, 4)}[requires.scores]
+        shape = {"reward": (batch, g), "pairwise": (batch, 2), "embedding": (batch, g, 4),
+                 "multi_reward": (batch, g, 4)}[requires.scores]
         scores = rng.normal(size=shape) * log_ratio_scale
         wanted = set(requires.labels) | ({"score"} if g > 2 else {"preference"})
         return LogProbs(policy=as_array(policy) if requires.logprobs else None,
