@@ -37,6 +37,7 @@ from jalign.objectives.preference_models import PairwisePreference as pairwise_p
 from jalign.objectives.reference_free import (
     ASFT as asft, CPO as cpo, ORPO as orpo, SimPO as simpo, TPO as tpo,
 )
+from jalign.objectives.rejection_sampling import RSF as rsf
 from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
 from jalign.objectives.sft import SFT as sft
 from jalign.objectives.token_level import SparsePO as sparsepo, TDPO1 as tdpo1, TDPO2 as tdpo2, TGDPO as tgdpo
@@ -53,7 +54,7 @@ OBJECTIVES = (
     "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
     "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
     "lipo_softmax", "list_mle", "madpo", "modpo", "multi_reward", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
-    "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
+    "online_ipo", "orpo", "pairwise_preference", "rdpo", "rsf", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
 )
 

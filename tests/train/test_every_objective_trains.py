@@ -33,20 +33,22 @@ SAMPLED = sorted(name for name in registered() if make(name).sampling is not Non
 OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
 DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
             "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
+DATA_FOR_OBJECTIVE = {"multi_reward": "tiny_pref_attributes.jsonl"}  # labels no other file carries
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tokenizer trained on the shipped data and a random guide checkpoint (TGDPO)."""
     root = tmp_path_factory.mktemp("registry")
-    texts = [line for name in sorted(set(DATA_FOR.values())) for line in (DATA / name).read_text().splitlines()]
+    files = sorted(set(DATA_FOR.values()) | set(DATA_FOR_OBJECTIVE.values()))
+    texts = [line for name in files for line in (DATA / name).read_text().splitlines()]
     train_tiny_tokenizer(texts, ARCH.vocab_size, root / "tokenizer")
     save_hf(Decoder(ARCH, rngs=nnx.Rngs(7)), str(root / "guide"))
     return root
 
 
 def _train(assets, tmp_path, name, *extra_sets, capsys):
-    data = DATA / DATA_FOR[make(name).requires.responses]
+    data = DATA / DATA_FOR_OBJECTIVE.get(name, DATA_FOR[make(name).requires.responses])
     sets = [f"objective={name}", f"data.train={data}", f"model.tokenizer={assets / 'tokenizer'}",
             f"model.guide={assets / 'guide'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
     if data.name == "tiny_pref_scored.jsonl":
@@ -110,5 +112,6 @@ def _experiment(assets, tmp_path, name):
 
 
 def test_the_registry_splits_into_these_two_groups():
-    assert set(SAMPLED) == {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo"}
+    assert set(SAMPLED) == {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo",
+                            "rsf"}
     assert len(OFFLINE) + len(SAMPLED) == len(registered())
