@@ -50,7 +50,7 @@ from safetensors.numpy import save_file
 from jalign.models.config import ModelConfig, config_from_hf, config_to_hf, num_labels, read_hf_config
 from jalign.models.decoder import Decoder
 from jalign.models.layers import MeshAxes, logical_to_spec
-from jalign.models.preference_heads import add_score_head
+from jalign.models.preference_heads import VECTOR_HEADS, add_score_head
 
 # config.json key recording a score head's kind (a "pairwise" head is [E, 1] like a "reward" one).
 SCORE_KIND_KEY = "jalign_score_kind"
@@ -258,7 +258,7 @@ def _place(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
 def _score_kind(hf: dict, labels: int, kind: str | None) -> str:
     """The head kind: ``kind``, else the one recorded by `save_hf`, else reward (N = 1) / embedding."""
     kind = kind or hf.get(SCORE_KIND_KEY) or ("reward" if labels == 1 else "embedding")
-    one_output = kind != "embedding"          # reward and pairwise heads are [E, 1]
+    one_output = kind not in VECTOR_HEADS     # reward and pairwise heads are [E, 1]
     if one_output != (labels == 1):
         raise ValueError(f"a {kind!r} score head does not fit num_labels={labels}")
     return kind
