@@ -40,6 +40,9 @@ class Judge(Protocol):
 
 def _pair_logit(kind: str, tau: float):
     """The training loss's pair logit for a head kind (one pair per row: (0, 1))."""
+    if kind not in (REWARD, PAIRWISE, EMBEDDING):
+        raise ValueError(f"a {kind} head has no preference of its own; judge it through "
+                         "jalign.train.reward_judges.ShapedRewardJudge([HeadRewards(model, tokenizer)], ...)")
     objective = {REWARD: bt_reward(), PAIRWISE: pairwise_preference(), EMBEDDING: gpm(tau=tau)}[kind]
     first, second = jnp.array([0]), jnp.array([1])
     return lambda scores: objective.pair_logits(LogProbs(None, None, scores=scores), first, second)[:, 0]

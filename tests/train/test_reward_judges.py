@@ -117,3 +117,10 @@ def test_tabular_rsf_concentrates_on_the_best_action():
     final, history = jax.jit(lambda: tb.train(make("rsf"), game, game.log_ref, optax.adam(0.1), steps=300))()
     policy = np.exp(np.asarray(final[0], np.float64))
     assert policy[1] > 0.95, policy
+
+
+def test_a_multi_reward_head_is_not_a_pairwise_judge_without_a_direction():
+    from jalign.train.judges import _pair_logit
+
+    with pytest.raises(ValueError, match="ShapedRewardJudge"):
+        _pair_logit("multi_reward", 0.1)
