@@ -66,7 +66,8 @@ def test_transforms_are_finite_with_finite_gradients_at_extreme_rewards_and_in_b
     refs = jnp.zeros((5, 3))
     for fn in (lambda r: lsc(r, 0.0), lambda r: par(r, refs), lambda r: lsc_combined(jnp.stack([r, -r], -1),
                                                                                     jnp.zeros(2))):
-        values, grads = fn(extreme), jax.grad(lambda r: jnp.sum(fn(r)))(extreme)
+        fn = jax.jit(fn)
+        values, grads = fn(extreme), jax.jit(jax.grad(lambda r: jnp.sum(fn(r))))(extreme)
         assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
         bf16 = fn(extreme.astype(jnp.bfloat16))
         assert bf16.dtype == jnp.float32
