@@ -23,6 +23,7 @@ from jalign.objectives.gpo import (
     GPOSavage as gpo_savage, GPOSquared as gpo_squared,
     GPOTruncatedQuadratic as gpo_truncated_quadratic, SLiC as slic,
 )
+from jalign.objectives.literature_pairwise import IFT as ift, JPO as jpo, MaPO as mapo, SemDPO as sem_dpo
 from jalign.objectives.listwise import (
     CurryDPO as curry_dpo, LiPOLambda as lipo_lambda, LiPOSoftmax as lipo_softmax, ListMLE as list_mle,
 )
@@ -54,6 +55,7 @@ OBJECTIVES = (
     "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
+    "ift", "jpo", "mapo", "sem_dpo",
 )
 
 __all__ = [

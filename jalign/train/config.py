@@ -165,7 +165,7 @@ class DataSection:
         file, a ``datasets`` directory (``save_to_disk``), or
         ``tfds:NAME/SPLIT`` for a prepared TFDS dataset (its data directory
         from ``TFDS_DATA_DIR``).
-      kind: "paired", "ranked" or "unpaired"; None detects it from the columns.
+      kind: "paired", "ranked", "unpaired" or "joint"; None detects it from the columns.
       preference_field: a paired record's soft P(chosen > rejected) field.
       max_length: most tokens of prompt plus the longest response.
       max_prompt_length: most prompt tokens (None: only ``max_length``).
@@ -188,7 +188,7 @@ class DataSection:
     """
 
     train: str = ""
-    kind: Literal["paired", "ranked", "unpaired"] | None = None
+    kind: Literal["paired", "ranked", "unpaired", "joint"] | None = None
     preference_field: str | None = None
     max_length: int = Tokenization.max_length
     max_prompt_length: int | None = None

@@ -51,7 +51,7 @@ PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iter
 KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
 # Kernel extras computed against the reference model's next-token distribution.
 REFERENCE_KERNEL_EXTRAS = ("ref_kl", "policy_kl")
-_DATA_KINDS = {PAIR: ("paired",), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
+_DATA_KINDS = {PAIR: ("paired", "joint"), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
                ANY: ("paired", "ranked", "unpaired")}
 
 
@@ -148,6 +148,10 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
         wanted = " or ".join(_DATA_KINDS[needs.responses])
         missing.append(f"{needs.responses} responses: the data is {data_kind}; give {wanted} data "
                        "(see the README's data formats)")
+    if data_kind == "joint" and "instruction_length" not in needs.labels:
+        missing.append("joint data (each response answers its own instruction): the objective would score "
+                       "the instruction tokens as response; use one that reads labels['instruction_length'] "
+                       "(jpo), or paired data")
     own_extras = set(needs.extras)
     # A pure preference-model objective computes no log-probs, so there are no kernel metrics to add.
     metric_only = [e for e in metric_extras if e not in own_extras] if needs.logprobs else []
@@ -178,7 +182,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
                                "reference are the token rewards")
         else:
             where = [f"{kind} records' {fields}" for (kind, label), fields in LABEL_FIELDS.items() if label == key]
-            where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired") if key in intrinsic_labels(kind)]
+            where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired", "joint") if key in intrinsic_labels(kind)]
             missing.append(f"labels[{key!r}]: not in {data_kind} data" + (f"; provide {' or '.join(where)}"
                                                                            if where else ""))
     uses_reference_model = (bool(set(REFERENCE_KERNEL_EXTRAS) & set(kernel_extras)) or ("kl_estimate" in computed)

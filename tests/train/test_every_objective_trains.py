@@ -33,6 +33,8 @@ SAMPLED = sorted(name for name in registered() if make(name).sampling is not Non
 OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
 DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
             "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
+DATA_FOR_NAME = {"jpo": "tiny_joint_pref.jsonl"}  # pairs whose responses answer different instructions
+SLOW_ONLY = {"jpo", "sem_dpo"}  # new declarations past the default run's time budget: --runslow
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def assets(tmp_path_factory):
 
 
 def _train(assets, tmp_path, name, *extra_sets, capsys):
-    data = DATA / DATA_FOR[make(name).requires.responses]
+    data = DATA / DATA_FOR_NAME.get(name, DATA_FOR[make(name).requires.responses])
     sets = [f"objective={name}", f"data.train={data}", f"model.tokenizer={assets / 'tokenizer'}",
             f"model.guide={assets / 'guide'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
     if data.name == "tiny_pref_scored.jsonl":
@@ -71,7 +73,7 @@ def _one_per_declaration(names):
     seen, params = set(), []
     for name in names:
         key = repr(make(name).requires)
-        params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen else name)
+        params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen or name in SLOW_ONLY else name)
         seen.add(key)
     return params
 
