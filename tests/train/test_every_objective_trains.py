@@ -34,7 +34,7 @@ OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
 DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
             "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
 DATA_FOR_NAME = {"jpo": "tiny_joint_pref.jsonl"}  # pairs whose responses answer different instructions
-SLOW_ONLY = {"jpo", "sem_dpo"}  # new declarations past the default run's time budget: --runslow
+SLOW_ONLY = {"ift", "jpo", "mapo", "sem_dpo"}  # issue 15's objectives, past the default run's budget: --runslow
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,11 @@ def _one_per_declaration(names):
     seen, params = set(), []
     for name in names:
         key = repr(make(name).requires)
-        params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen or name in SLOW_ONLY else name)
-        seen.add(key)
+        if key in seen or name in SLOW_ONLY:
+            params.append(pytest.param(name, marks=pytest.mark.slow))
+        else:
+            params.append(name)
+            seen.add(key)
     return params
 
 
