@@ -156,7 +156,7 @@ def response_only(lp: LogProbs) -> LogProbs:
     "(prompt_rejected, response_rejected))",
     requires=Requirements(responses=PAIR, reference=True, labels=(INSTRUCTION_LENGTH,)),
 )
-class JPO(MarginObjective):
+class JPO(Objective):
     """Joint Preference Optimization: DPO between two instruction-response pairs with different instructions.
 
     .. math::
