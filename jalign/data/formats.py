@@ -20,7 +20,10 @@ Further labels are read from record fields when an objective declares them
 (UltraFeedback's columns) give ``"score"`` ``[2]`` (MADPO's reward-model
 margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
 ``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
-``[2, K]`` (MODPO's other reward models).
+``[2, K]`` (MODPO's other reward models). ``aligned_logps_chosen`` /
+``aligned_logps_rejected`` (paired) or ``aligned_logps`` (unpaired), a number
+or a list of ``M``, give ``"aligned_logps"``: aligned models' per-token mean
+log-likelihood of each response (PoFT).
 
 The prompt is implicit only when the data has no ``prompt`` column at all
 (TRL's ``maybe_extract_prompt`` extracts it when ``"prompt" not in example``;
@@ -59,6 +62,8 @@ KIND_FIELDS = {"paired": ("prompt", "chosen", "rejected"),
 LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("paired", "score"): ("score_chosen", "score_rejected"),
     ("paired", "other_rewards"): ("other_rewards_chosen", "other_rewards_rejected"),
+    ("paired", "aligned_logps"): ("aligned_logps_chosen", "aligned_logps_rejected"),
+    ("unpaired", "aligned_logps"): ("aligned_logps",),
 }
 _INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",)}
 
