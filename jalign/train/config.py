@@ -210,7 +210,7 @@ class DataSection:
     reward_augmented: Literal["system", "prompt"] | None = None
 
     def open_train(self) -> Source:
-        """The training records' source (``jalign.data.open_source`` of ``train`` with ``split``), reward-augmented if asked."""
+        """The training records' source (``open_source`` of ``train`` and ``split``), reward-augmented if asked."""
         source = open_source(self.train, split=self.split)
         return source if self.reward_augmented is None else RewardAugmented(source, self.reward_augmented)
 

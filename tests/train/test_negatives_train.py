@@ -27,7 +27,8 @@ PAIRED = ("prompt", "chosen", "rejected")
 
 
 def test_poft_reads_the_aligned_models_likelihoods_from_record_fields():
-    paired = plan_inputs(poft(), data_kind="paired", columns=PAIRED + ("aligned_logps_chosen", "aligned_logps_rejected"))
+    fields = ("aligned_logps_chosen", "aligned_logps_rejected")
+    paired = plan_inputs(poft(), data_kind="paired", columns=PAIRED + fields)
     assert paired.data_labels == ("aligned_logps",) and paired.reference == "none"
     unpaired = plan_inputs(poft(), data_kind="unpaired", columns=("prompt", "completion", "label", "aligned_logps"))
     assert unpaired.data_labels == ("aligned_logps",)
@@ -47,7 +48,8 @@ def test_reward_augmented_option_is_set_from_the_command_line_and_doubles_the_so
                                                 "data.reward_augmented=prompt"])
     source = exp.data.open_train()
     assert len(source) == 80
-    assert source[40]["chosen"] == " 2 + 3 = 6." and source[40]["prompt"].endswith("Overall score: 3.\n\nWhat is 2 + 3?")
+    assert source[40]["chosen"] == " 2 + 3 = 6."
+    assert source[40]["prompt"].endswith("Overall score: 3.\n\nWhat is 2 + 3?")
     with pytest.raises(ValueError, match="reward_augmented"):
         apply_overrides(module.experiment(), ["data.reward_augmented=both"])
 
