@@ -190,8 +190,9 @@ class DataSection:
         reward-augmented data of Zhang et al. 2024 (each paired record twice,
         conditioned on its ``score_chosen`` and, reversed, on its
         ``score_rejected``; ``jalign.data.reward_augmented``), the target score
-        as a system message or prepended to the prompt. Held-out data stays as
-        it is.
+        as a system message or prepended to the prompt. A separate
+        ``eval`` file is read as it is; ``eval_fraction`` holds out
+        augmented records.
     """
 
     train: str = ""
