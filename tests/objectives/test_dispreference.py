@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jalign.objectives import LogProbs, d2o, dpo, from_sequences
 from jalign.tabular import engine, games, policies
@@ -50,11 +51,11 @@ def test_one_anchor_with_alpha_equal_beta_is_dpo():
 
 def test_extreme_log_ratios_and_bf16_stay_finite():
     lp, policy, reference, mask = _batch(scale=5e3)
-    loss, grads = jax.value_and_grad(lambda p: d2o()(lp.replace(policy=p))[0])(lp.policy)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: d2o()(lp.replace(policy=p))[0]))(lp.policy)
     assert np.isfinite(loss) and np.all(np.isfinite(grads))
     np.testing.assert_allclose(loss, _reference_loss(policy, reference, mask, 0.1, 0.1).mean(), rtol=1e-4)
     low, *_ = _batch(dtype=jnp.bfloat16)
-    loss16 = d2o()(low)[0]
+    loss16 = jax.jit(lambda batch: d2o()(batch)[0])(low)
     assert loss16.dtype == jnp.float32 and np.isfinite(loss16)
 
 
@@ -65,23 +66,33 @@ def test_traced_hyperparameters_and_gradient_targets():
     assert_gradient_reaches_policy_only(lambda batch: d2o()(batch)[0], lp)
 
 
-def test_tabular_population_loss_is_the_exact_expectation_and_training_negates_the_negative():
-    """Two anchors from the reference, the negative always action 2: the engine's exact loss is the
-    NumPy expectation over all 9 anchor pairs, and training pushes pi(2) below its reference mass."""
+def _tabular():
+    """A 3-action game; data: two anchors drawn from the reference, the negative always action 2."""
     ref_logits = jnp.array([[0.3, -0.2, 0.5]])
     game = games.make_game(games.bradley_terry(jnp.array([[1.0, 0.0, -1.0]])), ref_logits)
     ref = np.exp(np.asarray(policies.log_policy(ref_logits), np.float64))[0]
-    negative = np.array([0.0, 0.0, 1.0])
-    data = jnp.asarray(np.einsum("a,b,c->abc", ref, ref, negative)[None])     # [C, K, K, K]: (y_1, y_2, y_l)
+    data = jnp.asarray(np.einsum("a,b,c->abc", ref, ref, np.array([0.0, 0.0, 1.0]))[None])  # [C, K, K, K]
+    return game, ref, data
+
+
+def test_tabular_population_loss_is_the_exact_expectation():
+    """The engine's exact loss is the NumPy expectation over all 9 anchor pairs (y_1, y_2) with y_l = 2."""
+    game, ref, data = _tabular()
     logits = jnp.array([[0.1, 0.4, -0.3]])
     objective = d2o(beta=0.5, alpha=0.3)
-    batch = engine.batch_for(objective, game, engine.Policies(*(policies.log_policy(logits),) * 3), data=data)
-    log_pi = np.asarray(policies.log_policy(logits), np.float64)[0]
-    ratio = log_pi - np.log(ref)
+    loss = jax.jit(lambda theta: objective(engine.batch_for(
+        objective, game, engine.Policies(*(policies.log_policy(theta),) * 3), data=data))[0])(logits)
+    ratio = np.asarray(policies.log_policy(logits), np.float64)[0] - np.log(ref)
     expected = sum(ref[a] * ref[b] * -log_sigmoid(0.5 * (ratio[a] + ratio[b]) / 2 - 0.3 * ratio[2])
                    for a in range(3) for b in range(3))
-    np.testing.assert_allclose(objective(batch)[0], expected, rtol=1e-5)
-    final, history = engine.train(objective, game, logits, optax.sgd(0.5), steps=200, data=data)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_tabular_training_negates_the_negative():
+    game, ref, data = _tabular()
+    final, history = engine.train(d2o(beta=0.5, alpha=0.3), game, jnp.array([[0.1, 0.4, -0.3]]), optax.sgd(0.5),
+                                  steps=200, data=data)
     pi = np.exp(np.asarray(policies.log_policy(final)))[0]
     assert pi[2] < ref[2] / 2 and history["loss"][-1] < history["loss"][0]
 
@@ -89,4 +100,4 @@ def test_tabular_population_loss_is_the_exact_expectation_and_training_negates_t
 def test_sequences_enter_one_token_per_response():
     lp = from_sequences(jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[-1.5, -2.0, -2.0]]))
     expected = -log_sigmoid(0.1 * (0.5 + 0.0) / 2 - 0.1 * (-1.0))
-    np.testing.assert_allclose(d2o()(lp)[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda batch: d2o()(batch)[0])(lp), expected, rtol=1e-6)
