@@ -27,7 +27,10 @@ Further labels are read from record fields when an objective declares them
 margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
 ``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
 ``[2, K]`` (MODPO's other reward models). A paired record's ``semantic_weight`` gives
-``"semantic_weight"`` ``[1]`` (Sem-DPO's per-pair weight).
+``"semantic_weight"`` ``[1]`` (Sem-DPO's per-pair weight). ``aligned_logps_chosen`` /
+``aligned_logps_rejected`` (paired) or ``aligned_logps`` (unpaired), a number
+or a list of ``M``, give ``"aligned_logps"``: aligned models' per-token mean
+log-likelihood of each response (PoFT).
 
 The prompt is implicit only when the data has no ``prompt`` column at all
 (TRL's ``maybe_extract_prompt`` extracts it when ``"prompt" not in example``;
@@ -68,6 +71,8 @@ LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("paired", "score"): ("score_chosen", "score_rejected"),
     ("paired", "other_rewards"): ("other_rewards_chosen", "other_rewards_rejected"),
     ("paired", "semantic_weight"): ("semantic_weight",),
+    ("paired", "aligned_logps"): ("aligned_logps_chosen", "aligned_logps_rejected"),
+    ("unpaired", "aligned_logps"): ("aligned_logps",),
 }
 _INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",),
                      "joint": ("preference", "instruction_length")}

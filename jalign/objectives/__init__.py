@@ -13,6 +13,7 @@ from jalign.objectives.margin import MarginObjective
 from jalign.objectives.anchored import (
     APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
 )
+from jalign.objectives.dispreference import D2O as d2o
 from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
     EXOReward as exo_reward,
@@ -32,6 +33,7 @@ from jalign.objectives.online import (
     OnlineDPO as online_dpo, OnlineIPO as online_ipo, SPPO as sppo,
 )
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
+from jalign.objectives.poft import PoFT as poft
 from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
 from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
@@ -55,7 +57,7 @@ OBJECTIVES = (
     "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
-    "ift", "jpo", "mapo", "sem_dpo",
+    "d2o", "ift", "jpo", "mapo", "poft", "sem_dpo",
 )
 
 __all__ = [

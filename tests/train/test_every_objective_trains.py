@@ -33,8 +33,10 @@ SAMPLED = sorted(name for name in registered() if make(name).sampling is not Non
 OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
 DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
             "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
-DATA_FOR_NAME = {"jpo": "tiny_joint_pref.jsonl"}  # pairs whose responses answer different instructions
-SLOW_ONLY = {"ift", "jpo", "mapo", "sem_dpo"}  # issue 15's objectives, past the default run's budget: --runslow
+DATA_FOR_NAME = {"jpo": "tiny_joint_pref.jsonl",  # pairs whose responses answer different instructions
+                 "poft": "tiny_pref_aligned.jsonl"}  # the aligned models' likelihoods only this file carries
+# Issue 15's objectives, past the default run's budget: --runslow (their plans are checked by default).
+SLOW_ONLY = {"d2o", "ift", "jpo", "mapo", "poft", "sem_dpo"}
 
 
 @pytest.fixture(scope="module")
