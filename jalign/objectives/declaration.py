@@ -126,7 +126,8 @@ MIXTURE = "mixture"  # the token-level geometric mixture pi^(1-b) ref^b
 PREVIOUS = "previous"  # a frozen previous iterate pi_t
 EXTRAPOLATED = "extrapolated"  # the policy after an extragradient half-step of the same objective
 UNIFORM = "uniform"  # any full-support distribution (uniform in tabular)
-SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
+DATA = "data"  # the dataset's own response to the prompt (SPIN's SFT target), not a model
+SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM, DATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +172,7 @@ class Sampling:
         """
         drawn = self.responses + ((self.opponent,) if self.opponent else ())
         scored = () if self.reference == REFERENCE else (self.reference,)
-        return tuple(dict.fromkeys(s for s in drawn + scored if s != UNIFORM))
+        return tuple(dict.fromkeys(s for s in drawn + scored if s not in (UNIFORM, DATA)))
 
     def describe(self) -> str:
         parts = [f"responses from {' and '.join(self.responses)}"]
