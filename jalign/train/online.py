@@ -13,7 +13,9 @@ batch of ``B`` prompts, :class:`Rollout`:
    iterate. A ``"uniform"`` slot (Nash-MD's and EGPO's full-support ``mu``)
    is served by the policy's own samples: for a fixed opponent any
    full-support ``mu`` has the same minimiser, ``pi ∝ ref exp(P(. ≻ opp)/beta)``,
-   since the regression is solved exactly there, pair by pair;
+   since the regression is solved exactly there, pair by pair. A ``"data"``
+   slot (SPIN's SFT target) is the prompt record's own ``completion``, cut
+   to ``online.max_new_tokens``; nothing is generated for it;
 3. decodes them and asks the judge: ``P(y_0 ≻ y_1)`` for ``"preference"``,
    and for ``"win_prob"`` each response against ``online.win_samples`` (K)
    opponents drawn per prompt from the declared opponent source, averaged
@@ -45,11 +47,12 @@ import numpy as np
 from flax import nnx
 
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
+from jalign.data.sources import open_source
 from jalign.models import load_hf, lora
 from jalign.models.sampling import Generation, SamplingConfig, sample
 from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
-from jalign.objectives.declaration import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
+from jalign.objectives.declaration import DATA, EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
 from jalign.sharding import activate
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.judges import FunctionJudge, Judge, ModelJudge
@@ -78,6 +81,19 @@ def resolve_judge(judge: Any, *, mesh=None, rules=None) -> Judge:
                                 f"directory; got {type(judge).__name__}. Wrap a plain function in "
                                 "jalign.train.judges.FunctionJudge(fn, kind='reward' or 'preference')")
     return judge
+
+
+def samples_dataset(sampling) -> bool:
+    """Whether a response slot is the dataset's own response (a ``"data"`` source)."""
+    return sampling is not None and DATA in sampling.responses
+
+
+def prompt_columns(exp) -> tuple[str, ...]:
+    """The prompt file's fields when the objective samples the dataset's responses (the plan checks
+    ``completion``); ``()`` otherwise, without opening the file."""
+    if not samples_dataset(exp.objective.sampling):
+        return ()
+    return tuple(open_source(exp.online.prompts).columns)
 
 
 def stop_token_ids(tokenizer: Any, stop_tokens: Sequence[str] | None) -> np.ndarray:
@@ -142,7 +158,8 @@ class Rollout:
         online = exp.online
         self.plan, self.sampling, self.tokenizer, self.mesh = plan, plan.sampling, tokenizer, mesh
         self.prompts: PromptData = read_prompts(online.prompts, tokenizer, max_prompt_length=online.max_prompt_length,
-                                                on_error=online.on_error)
+                                                on_error=online.on_error,
+                                                completions=samples_dataset(self.sampling))
         self.batch_size = exp.train.batch_size
         self.iterator = iter(prompt_batches(self.prompts, batch_size=self.batch_size, seed=exp.train.seed,
                                             shuffle=exp.data.shuffle))
@@ -199,6 +216,18 @@ class Rollout:
         self._generated["stopped"] += int(stopped.sum())
         return Drawn(tokens, mask, texts, stopped)
 
+    def dataset_responses(self, prompts: dict, copies: int) -> Drawn:
+        """Each prompt record's own completion, ``copies`` times, cut to ``online.max_new_tokens`` (its start kept)."""
+        n = self._max_new_tokens
+        rows = [self.prompts.completion(int(i))[:n] for i in prompts["record_index"]]
+        tokens = np.full((len(rows), copies, n), self.prompts.pad_id, np.int32)
+        mask = np.zeros((len(rows), copies, n), bool)
+        for i, ids in enumerate(rows):
+            tokens[i, :, :len(ids)], mask[i, :, :len(ids)] = ids, True
+        stopped = np.repeat(np.asarray([np.isin(ids[-1], self.stops) for ids in rows])[:, None], copies, 1)
+        texts = [[self._decode(ids[:len(ids) - int(stop)])] * copies for ids, stop in zip(rows, stopped[:, 0])]
+        return Drawn(tokens, mask, texts, stopped)
+
     def _decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
@@ -241,7 +270,8 @@ class Rollout:
         device_prompts = {k: jnp.asarray(v) for k, v in prompts.items() if k != "record_index"}
         started = time.perf_counter()
         groups = _slot_groups(self.sampling.responses)
-        drawn = {source: self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n)
+        drawn = {source: (self.dataset_responses(prompts, len(slots)) if source == DATA else
+                          self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n))
                  for n, (source, slots) in enumerate(groups.items())}
         responses = _in_slot_order(drawn, groups)
         texts = self._prompt_texts(prompts)
