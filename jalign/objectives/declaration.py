@@ -145,6 +145,11 @@ class Sampling:
         declaration attached to a class this is the *name* of the
         hyperparameter holding it; an instance's ``sampling`` property
         resolves it to the value (``None`` when no source is a mixture).
+      reset: the probability that a prompt's generation is reset to a state
+        of the dataset's response (DR-PO's dataset reset, Chang et al.
+        2024): the prompt plus the first ``h`` tokens of its completion,
+        ``h`` uniform in ``1 .. len - 1``; the responses are the
+        continuations. 0: generation starts at the prompt.
     """
 
     responses: tuple[str, ...]
@@ -152,6 +157,7 @@ class Sampling:
     opponent: str | None = None
     reference: str = REFERENCE
     mixture: object = "mixture"
+    reset: float = 0.0
 
     def __post_init__(self):
         unknown = sorted(set(self.sources()) - set(SOURCES))
@@ -182,4 +188,6 @@ class Sampling:
             parts.append("judge labels " + ", ".join(self.labels))
         if self.reference != REFERENCE:
             parts.append(f"reference slot = {self.reference}")
+        if self.reset:
+            parts.append(f"generation reset to a prefix of the dataset's response with probability {self.reset}")
         return "; ".join(parts)

@@ -13,7 +13,9 @@ its responses come from:
   exploration term on the reference's sample;
 - CREAM: two policy samples ranked by the policy's own implicit reward (the
   model is its own judge), the DPO label softened by how often the previous
-  iterate ranks them the same way.
+  iterate ranks them the same way;
+- ``dataset_reset``: DR-PO's reset around any online objective, whose
+  responses are then generated from prefixes of the dataset's responses.
 
 Labels: ``"preference"`` ``[B]`` (the judge's P(y_0 ≻ y_1)) for SELM and
 XPO; ``"previous_logps"`` ``[B, G]`` for CREAM.
@@ -21,14 +23,17 @@ XPO; ``"previous_logps"`` ``[B, G]`` for CREAM.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import PAIR, Objective, Requirements, batch_mean
+from jalign.objectives.core import PAIR, Objective, Requirements, batch_mean, static_field
 from jalign.objectives.declaration import DATA, POLICY, PREVIOUS, REFERENCE, Sampling
 from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.metrics import reference_pairwise_metrics
+from jalign.objectives.online import OnlineDPO
 from jalign.objectives.pairwise import dpo_loss
 from jalign.objectives.registry import objective
 from jalign.objectives.sequence import label, log_ratios, pair_margin, policy_logps, reference_logps
@@ -207,3 +212,56 @@ class CREAM(Objective):
         metrics = {"consistency": jnp.broadcast_to(consistency, losses.shape),
                    "rewards/margin": jax.lax.stop_gradient(self.beta * margin)}
         return losses, metrics
+
+
+@objective(
+    "dataset_reset",
+    strength=None,
+    citation="Chang et al. 2024, Dataset Reset Policy Optimization for RLHF (DR-PO), the dataset reset; the "
+    "authors' roll-in (Cornell-RL/tril utils/logit_processors.py RollinProcessor, used by Cornell-RL/drpo "
+    "src/tldr/drpo.py with reset probability beta = 1.0)",
+    requires=PAIRED_PREFERENCE,
+)
+class DatasetReset(Objective):
+    """DR-PO's dataset reset around any online objective: generation starts inside the dataset's responses.
+
+    With probability ``probability`` per prompt, the responses the inner
+    objective declares are generated from the state ``(x, y_{<h})``: the
+    prompt plus the first ``h`` tokens of the prompt record's completion
+    (the offline preferred response), ``h`` uniform in ``1 .. len(y) - 1``,
+    as the authors' roll-in draws it; otherwise from ``x``. The rolled-in
+    tokens are part of the prompt the objective conditions on and are not
+    trained on (the authors mask them out of the loss); the judge reads the
+    whole response ``y_{<h}`` plus the continuation. The loss is the inner
+    objective's: the authors optimise PPO with a learned critic (GAE) on a
+    reward model's score, which jalign has no loss for, so ``dataset_reset``
+    is the reset, not the whole of DR-PO. Needs prompt-completion data.
+    Default ``probability = 1.0``: the authors' ``beta`` in ``drpo.py``.
+    """
+
+    inner: Objective = dataclasses.field(default_factory=OnlineDPO)
+    probability: float = static_field(1.0)
+
+    @property
+    def requires(self) -> Requirements:
+        return self.inner.requires
+
+    @property
+    def sampling(self) -> Sampling:
+        inner = self.inner.sampling
+        if inner is None:
+            raise ValueError(f"dataset_reset: the inner objective {self.inner.name} is offline; the reset changes "
+                             "where an online objective's responses are generated from")
+        return dataclasses.replace(inner, reset=self.probability)
+
+    @property
+    def strength_path(self) -> str | None:
+        inner = self.inner.strength_path
+        return None if inner is None else f"inner.{inner}"
+
+    @property
+    def strength(self):
+        return self.inner.strength
+
+    def compute(self, lp: LogProbs):
+        return self.inner.per_example(lp)

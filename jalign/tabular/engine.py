@@ -120,6 +120,9 @@ def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Arr
       key, batch_size: draw ``batch_size`` i.i.d. examples instead of the population.
     """
     if sampling_of(objective) is not None:
+        if sampling_of(objective).reset:
+            raise ValueError(f"{objective.name} resets generation to prefixes of the dataset's responses; a tabular "
+                             "response is one action, with no prefix to reset to")
         if DATA in sampling_of(objective).sources():
             if data is None:
                 raise ValueError(f"{objective.name} samples the dataset's responses: pass data=, the [C, K] "

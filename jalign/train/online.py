@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jalign.data.collate import bucket_lengths
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
 from jalign.data.sources import open_source
 from jalign.models import load_hf, lora
@@ -54,6 +55,7 @@ from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
 from jalign.objectives.declaration import DATA, EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
 from jalign.sharding import activate
+from jalign.train.dataset_reset import extended_prompts, judged_texts, prefix_lengths
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.judges import FunctionJudge, Judge, ModelJudge
 from jalign.train.provider import LORA_BASE, Plan
@@ -62,7 +64,7 @@ from jalign.train.step import FrozenModels, TrainState, make_half_step
 SERVED = {UNIFORM: POLICY}  # the source that serves a declared one, where they differ
 
 # Salts folded into the step's key, one per draw, so no two draws share randomness.
-_SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT = 1, 101, 102, 201
+_SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT, _RESET_SALT = 1, 101, 102, 201, 301
 
 
 class OnlineConfigError(ValueError):
@@ -84,8 +86,8 @@ def resolve_judge(judge: Any, *, mesh=None, rules=None) -> Judge:
 
 
 def samples_dataset(sampling) -> bool:
-    """Whether a response slot is the dataset's own response (a ``"data"`` source)."""
-    return sampling is not None and DATA in sampling.responses
+    """Whether the rollout reads the prompt records' completions: a ``"data"`` slot or a dataset reset."""
+    return sampling is not None and (DATA in sampling.responses or bool(sampling.reset))
 
 
 def prompt_columns(exp) -> tuple[str, ...]:
@@ -186,6 +188,9 @@ class Rollout:
                 with activate(mesh, rules):
                     return half(*args)
             self._half = jax.jit(half_under_rules)
+        self._prefixes = None  # this step's roll-in prefixes under a dataset reset (DR-PO), else None
+        self._reset_buckets = bucket_lengths(self.prompts.max_prompt_length + max(
+            (len(p.completion) for p in self.prompts.prompts if p.completion is not None), default=0))
         self._times = {"generate": 0.0, "judge": 0.0, "update": 0.0}
         self._generated = {"tokens": 0, "responses": 0, "stopped": 0}
         self._timed_tokens = 0  # tokens generated since the times were last cleared (for tokens/s)
@@ -208,8 +213,11 @@ class Rollout:
         lengths = mask.sum(-1)
         last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[..., None], -1)[..., 0]
         stopped = (lengths > 0) & np.isin(last, self.stops)
-        texts = [[self._decode(tokens[i, c, :lengths[i, c] - int(stopped[i, c])]) for c in range(copies)]
-                 for i in range(b)]
+        if self._prefixes is not None:  # a dataset reset: the judge reads the roll-in and the continuation
+            texts = judged_texts(tokens, mask, stopped, self._prefixes, self._decode)
+        else:
+            texts = [[self._decode(tokens[i, c, :lengths[i, c] - int(stopped[i, c])]) for c in range(copies)]
+                     for i in range(b)]
         self._generated["tokens"] += int(lengths.sum())
         self._timed_tokens += int(lengths.sum())
         self._generated["responses"] += lengths.size
@@ -227,6 +235,18 @@ class Rollout:
         stopped = np.repeat(np.asarray([np.isin(ids[-1], self.stops) for ids in rows])[:, None], copies, 1)
         texts = [[self._decode(ids[:len(ids) - int(stop)])] * copies for ids, stop in zip(rows, stopped[:, 0])]
         return Drawn(tokens, mask, texts, stopped)
+
+    def reset(self, state: TrainState, prompts: dict) -> tuple[dict, list[np.ndarray]]:
+        """The prompts extended by roll-in prefixes of their completions, and the prefixes (DR-PO's reset).
+
+        The roll-in lengths derive from the train state's RNG, so a resumed run draws the same ones.
+        """
+        key = np.asarray(gathered(jax.random.key_data(jax.random.fold_in(state.rng, _RESET_SALT)))).ravel()
+        completions = [self.prompts.completion(int(i)) for i in prompts["record_index"]]
+        lengths = prefix_lengths([len(c) for c in completions], self.sampling.reset,
+                                 np.random.default_rng(key.tolist()))
+        prefixes = [c[:h] for c, h in zip(completions, lengths)]
+        return extended_prompts(prompts, prefixes, self.prompts.pad_id, self._reset_buckets), prefixes
 
     def _decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
@@ -267,6 +287,14 @@ class Rollout:
         if self.plan.needs_previous and (step - 1) % self.iteration_steps == 0:
             state = self._refresh(state)
         prompts = next(self.iterator)
+        if self.sampling.reset:
+            prompts, self._prefixes = self.reset(state, prompts)
+        try:
+            return self._rollout(state, frozen, prompts, objective)
+        finally:
+            self._prefixes = None
+
+    def _rollout(self, state: TrainState, frozen: FrozenModels, prompts: dict, objective) -> tuple[TrainState, dict]:
         device_prompts = {k: jnp.asarray(v) for k, v in prompts.items() if k != "record_index"}
         started = time.perf_counter()
         groups = _slot_groups(self.sampling.responses)

@@ -257,11 +257,15 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
 
 
 def _dataset_response_missing(sampling: Sampling, columns: Sequence[str]) -> list[str]:
-    """What a ``"data"`` response source lacks: the prompt file's ``completion`` field."""
-    if DATA not in sampling.responses or "completion" in columns:
+    """What a ``"data"`` response source or a dataset reset lacks: the prompt file's ``completion`` field."""
+    wants = ([f"responses from the dataset ({DATA!r} source)"] if DATA in sampling.responses else []) + (
+        ["generation reset to prefixes of the dataset's responses (dataset_reset)"] if sampling.reset else [])
+    if DATA in sampling.responses and sampling.reset:
+        return [f"a {DATA!r} response slot under a dataset reset: the dataset's response is the state reset to"]
+    if not wants or "completion" in columns:
         return []
-    return [f"responses from the dataset ({DATA!r} source): online.prompts has no 'completion' field (its fields: "
-            f"{sorted(columns)}); give TRL's prompt-completion format, {{prompt, completion}} per record"]
+    return [f"{' and '.join(wants)}: online.prompts has no 'completion' field (its fields: {sorted(columns)}); "
+            "give TRL's prompt-completion format, {prompt, completion} per record"]
 
 
 def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:

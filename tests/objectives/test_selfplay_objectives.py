@@ -115,3 +115,17 @@ def test_selfplay_objectives_run_on_the_tabular_engine():
         assert np.isfinite(float(loss)), name
     with pytest.raises(ValueError, match="spin samples the dataset's responses: pass data="):
         tb.batch_for(make("spin"), game, policies)
+    with pytest.raises(ValueError, match="dataset_reset resets generation to prefixes"):
+        tb.batch_for(make("dataset_reset"), game, policies)
+
+
+def test_dataset_reset_is_its_inner_objective_with_the_authors_reset_probability():
+    """The wrapper's loss, requirements and strength are the inner's; only the sampling gains the reset."""
+    inner = make("xpo", beta=0.3)
+    wrapped = make("dataset_reset", inner=inner)
+    lp = _batch({"preference": jnp.asarray(RNG.uniform(size=len(POLICY)), jnp.float32)})
+    np.testing.assert_allclose(wrapped(lp)[0], inner(lp)[0], rtol=1e-6)
+    assert wrapped.sampling.reset == 1.0 and wrapped.sampling.responses == inner.sampling.responses
+    assert wrapped.strength_path == "inner.beta" and wrapped.requires == inner.requires
+    with pytest.raises(ValueError, match="dataset_reset: the inner objective dpo is offline"):
+        make("dataset_reset", inner=make("dpo")).sampling
