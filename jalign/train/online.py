@@ -15,7 +15,10 @@ batch of ``B`` prompts, :class:`Rollout`:
    full-support ``mu`` has the same minimiser, ``pi ∝ ref exp(P(. ≻ opp)/beta)``,
    since the regression is solved exactly there, pair by pair. A ``"data"``
    slot (SPIN's SFT target) is the prompt record's own ``completion``, cut
-   to ``online.max_new_tokens``; nothing is generated for it;
+   to ``online.max_new_tokens``; nothing is generated for it. Under a
+   dataset reset (``Sampling.reset``, DR-PO) each prompt is first extended by
+   a prefix of its record's completion (:mod:`jalign.train.dataset_reset`)
+   and every draw continues from there;
 3. decodes them and asks the judge: ``P(y_0 ≻ y_1)`` for ``"preference"``,
    and for ``"win_prob"`` each response against ``online.win_samples`` (K)
    opponents drawn per prompt from the declared opponent source, averaged
