@@ -35,7 +35,8 @@ from jalign.train.config import Experiment
 from jalign.train.metric_window import MetricWindow
 from jalign.train.metrics_log import MetricsWriter, Progress
 from jalign.train.mfu import device_peak, train_flops_per_token
-from jalign.train.online import Rollout, prompt_columns
+from jalign.train.dataset_responses import prompt_columns
+from jalign.train.online import Rollout
 from jalign.train.optim import make_optimizer, optimizer_updates
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save

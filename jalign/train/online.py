@@ -17,7 +17,7 @@ batch of ``B`` prompts, :class:`Rollout`:
    slot (SPIN's SFT target) is the prompt record's own ``completion``, cut
    to ``online.max_new_tokens``; nothing is generated for it. Under a
    dataset reset (``Sampling.reset``, DR-PO) each prompt is first extended by
-   a prefix of its record's completion (:mod:`jalign.train.dataset_reset`)
+   a prefix of its record's completion (:mod:`jalign.train.dataset_responses`)
    and every draw continues from there;
 3. decodes them and asks the judge: ``P(y_0 ≻ y_1)`` for ``"preference"``,
    and for ``"win_prob"`` each response against ``online.win_samples`` (K)
@@ -51,14 +51,15 @@ from flax import nnx
 
 from jalign.data.collate import bucket_lengths
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
-from jalign.data.sources import open_source
 from jalign.models import load_hf, lora
 from jalign.models.sampling import Generation, SamplingConfig, sample
 from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
 from jalign.objectives.declaration import DATA, EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
 from jalign.sharding import activate
-from jalign.train.dataset_reset import extended_prompts, judged_texts, prefix_lengths
+from jalign.train.dataset_responses import (
+    completion_responses, extended_prompts, judged_texts, prefix_lengths, samples_dataset,
+)
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.judges import FunctionJudge, Judge, ModelJudge
 from jalign.train.provider import LORA_BASE, Plan
@@ -86,19 +87,6 @@ def resolve_judge(judge: Any, *, mesh=None, rules=None) -> Judge:
                                 f"directory; got {type(judge).__name__}. Wrap a plain function in "
                                 "jalign.train.judges.FunctionJudge(fn, kind='reward' or 'preference')")
     return judge
-
-
-def samples_dataset(sampling) -> bool:
-    """Whether the rollout reads the prompt records' completions: a ``"data"`` slot or a dataset reset."""
-    return sampling is not None and (DATA in sampling.responses or bool(sampling.reset))
-
-
-def prompt_columns(exp) -> tuple[str, ...]:
-    """The prompt file's fields when the objective samples the dataset's responses (the plan checks
-    ``completion``); ``()`` otherwise, without opening the file."""
-    if not samples_dataset(exp.objective.sampling):
-        return ()
-    return tuple(open_source(exp.online.prompts).columns)
 
 
 def stop_token_ids(tokenizer: Any, stop_tokens: Sequence[str] | None) -> np.ndarray:
@@ -229,15 +217,8 @@ class Rollout:
 
     def dataset_responses(self, prompts: dict, copies: int) -> Drawn:
         """Each prompt record's own completion, ``copies`` times, cut to ``online.max_new_tokens`` (its start kept)."""
-        n = self._max_new_tokens
-        rows = [self.prompts.completion(int(i))[:n] for i in prompts["record_index"]]
-        tokens = np.full((len(rows), copies, n), self.prompts.pad_id, np.int32)
-        mask = np.zeros((len(rows), copies, n), bool)
-        for i, ids in enumerate(rows):
-            tokens[i, :, :len(ids)], mask[i, :, :len(ids)] = ids, True
-        stopped = np.repeat(np.asarray([np.isin(ids[-1], self.stops) for ids in rows])[:, None], copies, 1)
-        texts = [[self._decode(ids[:len(ids) - int(stop)])] * copies for ids, stop in zip(rows, stopped[:, 0])]
-        return Drawn(tokens, mask, texts, stopped)
+        return Drawn(*completion_responses(self.prompts, prompts["record_index"], copies, self._max_new_tokens,
+                                           self.stops, self._decode))
 
     def reset(self, state: TrainState, prompts: dict) -> tuple[dict, list[np.ndarray]]:
         """The prompts extended by roll-in prefixes of their completions, and the prefixes (DR-PO's reset).

@@ -20,7 +20,7 @@ import pytest
 
 from jalign import cli
 from jalign.train import loop
-from jalign.train.dataset_reset import extended_prompts, judged_texts, prefix_lengths
+from jalign.train.dataset_responses import extended_prompts, judged_texts, prefix_lengths
 from jalign.train.metrics_log import read_metrics
 from jalign.train.provider import RefusedObjective
 

@@ -1,4 +1,8 @@
-"""DR-PO's dataset reset on the host: each prompt extended by a prefix of its record's completion.
+"""The dataset's own responses in the online loop: a ``"data"`` response slot and DR-PO's dataset reset.
+
+Both read the prompt records' ``completion`` (TRL's prompt-completion
+format). A ``"data"`` slot (SPIN's SFT target, Chen et al. 2024) is the
+record's completion, cut to ``online.max_new_tokens``.
 
 Chang et al. 2024 (*Dataset Reset Policy Optimization for RLHF*) start
 generation from states of the offline data. The authors' roll-in
@@ -13,9 +17,41 @@ reward model does.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from jalign.data.prompts import PromptData
+from jalign.data.sources import open_source
+from jalign.objectives.declaration import DATA, Sampling
+
+
+def samples_dataset(sampling: Sampling | None) -> bool:
+    """Whether the rollout reads the prompt records' completions: a ``"data"`` slot or a dataset reset."""
+    return sampling is not None and (DATA in sampling.responses or bool(sampling.reset))
+
+
+def prompt_columns(exp: Any) -> tuple[str, ...]:
+    """The prompt file's fields when the objective reads the dataset's responses (the plan checks
+    ``completion``); ``()`` otherwise, without opening the file."""
+    if not samples_dataset(exp.objective.sampling):
+        return ()
+    return tuple(open_source(exp.online.prompts).columns)
+
+
+def completion_responses(data: PromptData, record_index: np.ndarray, copies: int, max_new_tokens: int,
+                         stops: np.ndarray, decode: Callable[[np.ndarray], str]):
+    """``(tokens, mask, texts, stopped)`` of each record's completion ``copies`` times, its first
+    ``max_new_tokens`` tokens kept: int32 / bool ``[B, copies, N]``, ``[B][copies]`` texts (stop token
+    dropped), bool ``[B, copies]``."""
+    rows = [data.completion(int(i))[:max_new_tokens] for i in record_index]
+    tokens = np.full((len(rows), copies, max_new_tokens), data.pad_id, np.int32)
+    mask = np.zeros((len(rows), copies, max_new_tokens), bool)
+    for i, ids in enumerate(rows):
+        tokens[i, :, :len(ids)], mask[i, :, :len(ids)] = ids, True
+    stopped = np.repeat(np.asarray([np.isin(ids[-1], stops) for ids in rows])[:, None], copies, 1)
+    texts = [[decode(ids[:len(ids) - int(stop)])] * copies for ids, stop in zip(rows, stopped[:, 0])]
+    return tokens, mask, texts, stopped
 
 
 def prefix_lengths(lengths: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
