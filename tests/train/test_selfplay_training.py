@@ -111,3 +111,21 @@ def test_dataset_reset_generates_from_prefixes_of_the_completions(tmp_path):
         matches = [(p, c) for p, c in encoded if ids[:len(p)] == p and 1 <= len(ids) - len(p) <= len(c) - 1
                    and ids[len(p):] == c[:len(ids) - len(p)]]
         assert matches, "each prompt is a record's prompt plus 1 .. len - 1 tokens of its completion"
+
+
+def test_a_malformed_completion_names_its_file_record_and_field(tmp_path):
+    """A conversational completion must be one assistant message; a record without one is rejected by name."""
+    from jalign.data.prompts import read_prompts
+    from jalign.data.validation import MalformedRecordError
+    from jalign.models.tokenizer import load_tokenizer
+    from online_experiment import tokenizer_dir
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "What is 2 + 3?", "completion": " 5."}) + "\n"
+                    + json.dumps({"prompt": "What is 4 + 5?", "completion": [{"role": "user", "content": "9"}]}) + "\n")
+    tokenizer = load_tokenizer(str(tokenizer_dir(tmp_path)))
+    with pytest.raises(MalformedRecordError, match=r"bad.jsonl: record 1.*'completion'.*one assistant message"):
+        read_prompts(str(path), tokenizer, max_prompt_length=32, completions=True)
+    data = read_prompts(str(path), tokenizer, max_prompt_length=32, completions=True, on_error="skip")
+    assert data.completion(0).tolist() == tokenizer(" 5.", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]
