@@ -1,9 +1,12 @@
-"""DPA's multi-objective reward model trained by `jalign train`, and its head as a reward source (slow).
+"""DPA's multi-objective reward model: its plan, its training by `jalign train`, its head as a reward source.
 
-- Trained on programmatic attribute ratings (``experiments/multi_reward_model.py``),
+- The provider reads ``attributes`` from paired records' ``attributes_chosen`` /
+  ``attributes_rejected`` and refuses data without them, by field (default).
+
+- (slow) Trained on programmatic attribute ratings (``experiments/multi_reward_model.py``),
   the held-out squared error per rating falls well below that of the best
   constant prediction (the ratings' variance, computed here from the data).
-- ``HeadRewards`` reads ``[N, K]`` attribute rewards from a ``multi_reward``
+- (slow) ``HeadRewards`` reads ``[N, K]`` attribute rewards from a ``multi_reward``
   head saved and loaded as a Hugging Face directory: the same numbers in
   batches of 1 and of 8 (padding changes nothing), and a directional judge
   over them is ``v . r``.
@@ -22,6 +25,8 @@ from jalign import cli
 from jalign.models import Decoder, ModelConfig, load_hf, save_hf
 from jalign.models.preference_heads import add_score_head
 from jalign.models.tokenizer import train_tiny_tokenizer
+from jalign.objectives import multi_reward
+from jalign.train.provider import RefusedObjective, plan_inputs
 from jalign.train.reward_judges import HeadRewards, ShapedRewardJudge
 
 ARCH = ModelConfig("llama", vocab_size=300, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
@@ -29,6 +34,14 @@ ARCH = ModelConfig("llama", vocab_size=300, hidden_size=16, num_layers=1, num_he
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "multi_reward_model.py"
 sys.path.insert(0, str(EXPERIMENT.parent))
 from multi_reward_model import rated_pairs  # noqa: E402
+
+
+def test_the_plan_reads_attributes_from_record_fields_and_gives_the_decoder_a_multi_reward_head():
+    paired = ("prompt", "chosen", "rejected")
+    plan = plan_inputs(multi_reward(), data_kind="paired", columns=paired + ("attributes_chosen", "attributes_rejected"))
+    assert plan.scores == "multi_reward" and plan.data_labels == ("attributes",) and plan.reference == "none"
+    with pytest.raises(RefusedObjective, match=r"attributes_chosen"):
+        plan_inputs(multi_reward(), data_kind="paired", columns=paired)
 
 
 @pytest.mark.slow
