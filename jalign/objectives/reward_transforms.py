@@ -109,7 +109,8 @@ def par(reward: Array, reference_rewards: Array, *, slope=PAR_SLOPE) -> Array:
     """Preference As Reward: the mean sigmoid of the reward centred on each reference reward.
 
     .. math::
-        r_{\\mathrm{RL}}(x, y) = \\frac{1}{M} \\sum_{m=1}^{M} \\sigma\\big(k\\,(r(x, y) - r(x, y^{\\mathrm{ref}}_m))\\big)
+        r_{\\mathrm{RL}}(x, y) = \\frac{1}{M} \\sum_{m=1}^{M}
+          \\sigma\\big(k\\,(r(x, y) - r(x, y^{\\mathrm{ref}}_m))\\big)
 
     where ``y_ref_m`` are ``M`` responses of the reference (SFT) policy to
     ``x``. With ``k = 1`` this is the reward model's own probability that

@@ -6,7 +6,8 @@ data labelled with annotator ids, by expectation-maximisation, then align the
 policy to the worst-off group:
 
 .. math::
-    \\pi^* = \\arg\\max_\\pi \\min_{u} \\; \\mathbb{E}_{y \\sim \\pi}[r_u(y)] - \\beta\\, \\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}}).
+    \\pi^* = \\arg\\max_\\pi \\min_{u} \\; \\mathbb{E}_{y \\sim \\pi}[r_u(y)]
+      - \\beta\\, \\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}}).
 
 :func:`em_reward_mixture` is the authors' hard EM (``test_data_multiple.py``):
 users start in group ``user % G``; each iteration fits every group's reward

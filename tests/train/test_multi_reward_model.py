@@ -38,7 +38,8 @@ from multi_reward_model import rated_pairs  # noqa: E402
 
 def test_the_plan_reads_attributes_from_record_fields_and_gives_the_decoder_a_multi_reward_head():
     paired = ("prompt", "chosen", "rejected")
-    plan = plan_inputs(multi_reward(), data_kind="paired", columns=paired + ("attributes_chosen", "attributes_rejected"))
+    columns = paired + ("attributes_chosen", "attributes_rejected")
+    plan = plan_inputs(multi_reward(), data_kind="paired", columns=columns)
     assert plan.scores == "multi_reward" and plan.data_labels == ("attributes",) and plan.reference == "none"
     with pytest.raises(RefusedObjective, match=r"attributes_chosen"):
         plan_inputs(multi_reward(), data_kind="paired", columns=paired)
