@@ -17,6 +17,7 @@ from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
     EXOReward as exo_reward,
 )
+from jalign.objectives.copg import CoPG as copg, OnlineCoPG as online_copg
 from jalign.objectives.fdpo import FDPO as fdpo
 from jalign.objectives.gpo import (
     GPOExponential as gpo_exponential, GPOHinge as gpo_hinge, GPOLogistic as gpo_logistic,
@@ -31,12 +32,14 @@ from jalign.objectives.online import (
     OnlineDPO as online_dpo, OnlineIPO as online_ipo, SPPO as sppo,
 )
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
+from jalign.objectives.policy_gradient import GRPO as grpo, PPOClip as ppo_clip, REINFORCE as reinforce, RLOO as rloo
 from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
 from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
     ASFT as asft, CPO as cpo, ORPO as orpo, SimPO as simpo, TPO as tpo,
 )
 from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
+from jalign.objectives.rso import RSO as rso
 from jalign.objectives.sft import SFT as sft
 from jalign.objectives.token_level import SparsePO as sparsepo, TDPO1 as tdpo1, TDPO2 as tdpo2, TGDPO as tgdpo
 from jalign.objectives.unpaired import BCO as bco, BCOPair as bco_pair, KTO as kto, NPO as npo
@@ -54,6 +57,7 @@ OBJECTIVES = (
     "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
+    "copg", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
 )
 
 __all__ = [
