@@ -48,8 +48,8 @@ def test_reinforce_is_the_kl_shaped_reward_times_the_score_function():
     np.testing.assert_allclose(_grad(reinforce(beta=beta), lp), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_rloo_uses_the_leave_one_out_baseline(k):
+def test_rloo_uses_the_leave_one_out_baseline():
+    k = 3
     lp, pi, ref, mask, r = _group_batch(k, seed=k)
     beta = 0.05
     shaped = r - beta * _seq(pi - ref, mask)
@@ -131,11 +131,10 @@ OBJECTIVES = [(reinforce(), 1), (rloo(), 2), (grpo(group_size=4), 4), (ppo_clip(
               (rso(), 2)]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("obj,g", OBJECTIVES, ids=[o.name for o, _ in OBJECTIVES])
-def test_finite_loss_and_gradients_at_extreme_log_ratios(obj, g, dtype):
-    """Log-ratios of order 1e4 (and bf16 inputs): finite loss, finite gradient, nothing reaches the reference."""
-    lp, *_ = _group_batch(g, seed=11, scale=1e4, dtype=dtype)
+def test_finite_loss_and_gradients_at_extreme_log_ratios_in_bf16(obj, g):
+    """bf16 log-probs of order -1e4 (log-ratios of order 1e4): finite loss and gradient, none to the reference."""
+    lp, *_ = _group_batch(g, seed=11, scale=1e4, dtype=jnp.bfloat16)
     loss, metrics = obj(lp)
     assert np.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
     grads = jax.grad(lambda x: obj(x)[0])(lp)
