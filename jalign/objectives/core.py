@@ -134,13 +134,14 @@ class Objective:
 def _resolve_counts(declared: Sampling, objective: Objective) -> Sampling:
     """A declaration's group size and candidate count, read from the objective's static fields.
 
-    A group of ``G`` repeats the declared response source ``G`` times, so every
-    engine that counts ``responses`` sees the group.
+    A group of ``G`` repeats the first declared response source ``G`` times
+    (the other sources follow once), so every engine that counts
+    ``responses`` sees the group.
     """
     changes = {}
     if isinstance(declared.group, str):
         group = int(getattr(objective, declared.group))
-        changes.update(group=group, responses=declared.responses * group)
+        changes.update(group=group, responses=declared.responses[:1] * group + declared.responses[1:])
     if isinstance(declared.candidates, str):
         changes["candidates"] = int(getattr(objective, declared.candidates))
     if isinstance(declared.rejection, str):

@@ -146,9 +146,10 @@ class Sampling:
         resolves it to the value (``None`` when no source is a mixture).
       group: for objectives over a group of ``G`` responses per prompt (RLOO's
         ``k``, GRPO's group size): on a class, the *name* of the static
-        hyperparameter holding ``G``, with ``responses`` naming one slot's
-        source; an instance's ``sampling`` resolves it to the count and
-        repeats ``responses`` that many times, so engines see ``G`` slots.
+        hyperparameter holding ``G``, with ``responses[0]`` naming the group's
+        source (further sources follow the group once: GRAO's reference
+        answer); an instance's ``sampling`` resolves it to the count and
+        repeats ``responses[0]`` that many times, so engines see the slots.
       candidates: for a rejection-sampled pair (RSO), the *name* of the static
         hyperparameter holding the number of candidates drawn per prompt from
         the response source before Algorithm 1 of Liu et al. keeps two; the
@@ -190,7 +191,9 @@ class Sampling:
 
     def describe(self) -> str:
         if isinstance(self.group, int):
-            parts = [f"a group of {self.group} responses per prompt from {self.responses[0]}"]
+            rest = self.responses[self.group:]
+            parts = [f"a group of {self.group} responses per prompt from {self.responses[0]}"
+                     + "".join(f", and one from {source}" for source in rest)]
         else:
             parts = [f"responses from {' and '.join(self.responses)}"]
         if self.opponent:

@@ -68,7 +68,7 @@ SERVED = {UNIFORM: POLICY}  # the source that serves a declared one, where they 
 
 # Salts folded into the step's key, one per draw, so no two draws share randomness.
 _SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT = 1, 101, 102, 201
-_REJECTION_SALT = 301  # the host's uniform draws of RSO's Algorithm 1
+_REJECTION_SALT = 401  # the host's uniform draws of RSO's Algorithm 1
 
 
 class OnlineConfigError(ValueError):
