@@ -41,6 +41,9 @@ from jalign.objectives.reference_free import (
 from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
 from jalign.objectives.rso import RSO as rso
 from jalign.objectives.sft import SFT as sft
+from jalign.objectives.selfplay import (
+    CREAM as cream, DatasetReset as dataset_reset, SELM as selm, SPIN as spin, XPO as xpo,
+)
 from jalign.objectives.token_level import SparsePO as sparsepo, TDPO1 as tdpo1, TDPO2 as tdpo2, TGDPO as tgdpo
 from jalign.objectives.unpaired import BCO as bco, BCOPair as bco_pair, KTO as kto, NPO as npo
 from jalign.objectives.weighted import (
@@ -58,6 +61,7 @@ OBJECTIVES = (
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
     "copg", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
+    "spin", "selm", "xpo", "cream", "dataset_reset",
 )
 
 __all__ = [

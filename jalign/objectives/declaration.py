@@ -126,7 +126,8 @@ MIXTURE = "mixture"  # the token-level geometric mixture pi^(1-b) ref^b
 PREVIOUS = "previous"  # a frozen previous iterate pi_t
 EXTRAPOLATED = "extrapolated"  # the policy after an extragradient half-step of the same objective
 UNIFORM = "uniform"  # any full-support distribution (uniform in tabular)
-SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
+DATA = "data"  # the dataset's own response to the prompt (SPIN's SFT target), not a model
+SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM, DATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +158,11 @@ class Sampling:
       rejection: with ``candidates``, the *name* of the hyperparameter holding
         Algorithm 1's ``beta`` (acceptance ``exp((r - r_max) / beta)``); the
         instance resolves it to the value.
+      reset: the probability that a prompt's generation is reset to a state
+        of the dataset's response (DR-PO's dataset reset, Chang et al.
+        2024): the prompt plus the first ``h`` tokens of its completion,
+        ``h`` uniform in ``1 .. len - 1``; the responses are the
+        continuations. 0: generation starts at the prompt.
     """
 
     responses: tuple[str, ...]
@@ -167,6 +173,7 @@ class Sampling:
     group: object = None
     candidates: object = None
     rejection: object = None
+    reset: float = 0.0
 
     def __post_init__(self):
         unknown = sorted(set(self.sources()) - set(SOURCES))
@@ -187,7 +194,7 @@ class Sampling:
         """
         drawn = self.responses + ((self.opponent,) if self.opponent else ())
         scored = () if self.reference == REFERENCE else (self.reference,)
-        return tuple(dict.fromkeys(s for s in drawn + scored if s != UNIFORM))
+        return tuple(dict.fromkeys(s for s in drawn + scored if s not in (UNIFORM, DATA)))
 
     def describe(self) -> str:
         if isinstance(self.group, int):
@@ -204,4 +211,6 @@ class Sampling:
             parts.append("judge labels " + ", ".join(self.labels))
         if self.reference != REFERENCE:
             parts.append(f"reference slot = {self.reference}")
+        if self.reset:
+            parts.append(f"generation reset to a prefix of the dataset's response with probability {self.reset}")
         return "; ".join(parts)

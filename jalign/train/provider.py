@@ -39,7 +39,7 @@ from jalign.models.preference_heads import preference_scores
 from jalign.models.scoring import Responses, encode_responses, frozen, token_logprobs
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.declaration import (
-    ANY, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
+    ANY, DATA, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
 )
 from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
@@ -129,14 +129,15 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
       guide: whether a guide model is configured (``model.guide``).
       metric_extras: kernel extras wanted for metrics only (``train.extras``).
       online: the run generates its responses (``online.prompts`` is set);
-        ``data_kind`` and ``columns`` are then unused.
+        ``data_kind`` is then unused and ``columns`` are the prompt file's.
 
     Raises:
       RefusedObjective: one message listing every input that cannot be served.
     """
     name, needs, sampling = objective.name, objective.requires, objective.sampling
     if online:
-        return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras)
+        return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras,
+                            columns=columns)
     if sampling is not None:
         raise RefusedObjective(
             f"{name}: its responses are sampled during training ({sampling.describe()}; from "
@@ -202,7 +203,8 @@ def _response_count_fits(responses: str, count: int) -> bool:
     return {PAIR: count == 2, SINGLE: count == 1, TRIPLE: count == 3, LIST: count >= 2, ANY: True}[responses]
 
 
-def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str]) -> Plan:
+def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str],
+                 columns: Sequence[str] = ()) -> Plan:
     """The plan of a run that generates its responses (``online.prompts``), or a refusal naming what is missing.
 
     The judge labels what the declaration lists (``preference``,
@@ -223,6 +225,7 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
         missing.append(f"responses={needs.responses!r}: the sampling declaration draws {count} per prompt")
     if EXTRAPOLATED in sampling.responses:
         missing.append("responses drawn from the extrapolated policy: the loop draws only win-rate opponents from it")
+    missing += _dataset_response_missing(sampling, columns)
     if "preference" in sampling.labels and count != 2:
         missing.append(f"labels['preference']: a judge compares two responses; the declaration draws {count}")
     computed = []
@@ -251,6 +254,18 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
                 computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
                 sampling=dataclasses.replace(sampling, mixture=None),
                 reference_slot=PREVIOUS if sampling.reference == PREVIOUS else REFERENCE)
+
+
+def _dataset_response_missing(sampling: Sampling, columns: Sequence[str]) -> list[str]:
+    """What a ``"data"`` response source or a dataset reset lacks: the prompt file's ``completion`` field."""
+    wants = ([f"responses from the dataset ({DATA!r} source)"] if DATA in sampling.responses else []) + (
+        ["generation reset to prefixes of the dataset's responses (dataset_reset)"] if sampling.reset else [])
+    if DATA in sampling.responses and sampling.reset:
+        return [f"a {DATA!r} response slot under a dataset reset: the dataset's response is the state reset to"]
+    if not wants or "completion" in columns:
+        return []
+    return [f"{' and '.join(wants)}: online.prompts has no 'completion' field (its fields: {sorted(columns)}); "
+            "give TRL's prompt-completion format, {prompt, completion} per record"]
 
 
 def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:
