@@ -19,6 +19,7 @@ from jalign.objectives.distributional import (
 )
 from jalign.objectives.copg import CoPG as copg, OnlineCoPG as online_copg
 from jalign.objectives.fdpo import FDPO as fdpo
+from jalign.objectives.grao import GRAO as grao
 from jalign.objectives.gpo import (
     GPOExponential as gpo_exponential, GPOHinge as gpo_hinge, GPOLogistic as gpo_logistic,
     GPOSavage as gpo_savage, GPOSquared as gpo_squared,
@@ -60,7 +61,7 @@ OBJECTIVES = (
     "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
-    "copg", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
+    "copg", "grao", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
     "spin", "selm", "xpo", "cream", "dataset_reset",
 )
 

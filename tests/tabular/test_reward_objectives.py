@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import jalign.tabular as tb
-from jalign.objectives import copg, grpo, online_copg, ppo_clip, reinforce, rloo, rso
+from jalign.objectives import copg, grao, grpo, online_copg, ppo_clip, reinforce, rloo, rso
 from jalign.tabular.engine import rejection_sampled_pairs
 from jalign.train.rejection_sampling import rejection_sample
 
@@ -101,3 +101,15 @@ def test_groups_and_rejection_pairs_are_served_exactly():
     assert np.all(np.asarray(pairs.labels["reward"])[live, 0] >= np.asarray(pairs.labels["reward"])[live, 1])
     with pytest.raises(ValueError, match=r"rloo needs labels\['reward'\]"):
         tb.batch_for(rloo(), game, policies)
+
+
+def test_grao_gets_its_samples_and_the_datasets_answer():
+    """GRAO's batch: every (o_1, o_2, y) with weight pi(o_1) pi(o_2) data(y); the answer's marginal is the data's."""
+    game, answer = _game(), jnp.array([[0.0, 0.0, 1.0]])
+    policies = tb.Policies(game.log_ref, game.log_ref, game.log_ref)
+    batch = tb.batch_for(grao(group_size=2), game, policies, data=answer, reward=jnp.asarray(REWARD)[None])
+    weights = np.asarray(batch.labels["example_weight"])
+    assert batch.policy.shape == (27, 3, 1) and np.isclose(weights.sum(), 1.0)
+    live = weights > 0
+    np.testing.assert_allclose(np.asarray(batch.labels["reward"])[live, 2], REWARD[2])  # y is always action 2
+    np.testing.assert_allclose(np.exp(np.asarray(batch.policy)[live, 2, 0]), SFT[2], rtol=1e-5)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jalign import cli
-from jalign.objectives import grpo, rso
+from jalign.objectives import grao, grpo, rso
 from jalign.train import loop
 from jalign.train.judges import FunctionJudge, gives_rewards
 from jalign.train.metrics_log import read_metrics
@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 from online_experiment import experiment, vowel_reward  # noqa: E402
 
 # Small groups and candidate counts keep generation short; the defaults (GRPO's 64, RSO's 64) are the papers'.
+PROMPT_COMPLETIONS = HERE.parents[1] / "experiments" / "data" / "tiny_prompt_completions.jsonl"
 RUNS = ("reinforce", "rloo(k=3)", "grpo(group_size=3)", "ppo_clip(k=2)", "online_copg(k=3)", "rso(candidates=6)")
 
 
@@ -55,9 +56,11 @@ def _texts(run, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", [grpo(group_size=3), rso(candidates=5)], ids=["grpo", "rso"])
+@pytest.mark.parametrize("objective", [grpo(group_size=3), rso(candidates=5), grao(group_size=2)],
+                         ids=["grpo", "rso", "grao"])
 def test_the_objective_sees_its_group_and_the_judges_rewards(objective, tmp_path):
-    exp = dataclasses.replace(experiment(tmp_path, 1, "rloo"), objective=objective)
+    prompts = {"prompts": str(PROMPT_COMPLETIONS)} if objective.name == "grao" else {}
+    exp = dataclasses.replace(experiment(tmp_path, 1, "rloo", **prompts), objective=objective)
     run = loop.build(exp)
     _, batch = run.rollout(run.state, run.frozen, 1, objective)
     g = len(objective.sampling.responses)
@@ -67,14 +70,22 @@ def test_the_objective_sees_its_group_and_the_judges_rewards(objective, tmp_path
     np.testing.assert_allclose(rewards, expected, rtol=1e-6)
     if objective.name == "rso":
         assert np.all(rewards[:, 0] >= rewards[:, 1]), "the kept pair is ordered winner first"
+    if objective.name == "grao":  # the last slot is a record's completion (its start, up to max_new_tokens)
+        n = exp.online.max_new_tokens
+        completions = {tuple(run.rollout.prompts.completion(i)[:n]) for i in range(len(run.rollout.prompts.prompts))}
+        tokens, mask = np.asarray(batch["response_tokens"]), np.asarray(batch["response_mask"]).astype(bool)
+        assert all(tuple(tokens[b, -1][mask[b, -1]].tolist()) in completions for b in range(tokens.shape[0]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", RUNS)
+@pytest.mark.parametrize("name", RUNS + ("grao(group_size=3)",))
 def test_reward_objective_trains_with_generation_through_the_cli(name, tmp_path, monkeypatch, capsys):
+    """GRAO's reference answer is the prompt record's completion, so it reads the prompt-completion file."""
     monkeypatch.chdir(tmp_path)
     argv = ["train", str(HERE / "online_experiment.py"), "--set", f"objective={name}",
             "--set", "train.checkpoint_every=0"]
+    if name.startswith("grao"):
+        argv += ["--set", f"online.prompts={PROMPT_COMPLETIONS}"]
     assert cli.main(argv) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     rows = read_metrics(tmp_path / "runs" / "online_tiny" / "run" / "metrics.jsonl")
