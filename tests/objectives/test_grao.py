@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jalign.objectives import LogProbs, grao
 
@@ -41,6 +42,7 @@ def test_grao_declares_g_samples_then_the_reference_answer():
     assert not grao().requires.reference
 
 
+@pytest.mark.slow
 def test_grao_is_finite_at_extreme_log_probs_in_bf16():
     lp, *_ = _batch(3, seed=1, scale=1e4, dtype=jnp.bfloat16)
     loss, metrics = grao(group_size=3)(lp)

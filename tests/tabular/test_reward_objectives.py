@@ -89,6 +89,7 @@ def test_offline_copg_on_uniform_pairs_reaches_the_optimum():
     np.testing.assert_allclose(np.exp(tb.log_policy(final))[0], _tilted(0.5), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_groups_and_rejection_pairs_are_served_exactly():
     """A group of 3 is every 3-tuple with product weights; RSO's pairs are winner-first; a missing reward is refused."""
     game = _game()
