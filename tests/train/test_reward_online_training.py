@@ -39,6 +39,21 @@ def test_a_preference_only_judge_is_refused_for_a_reward_label():
 
 
 @pytest.mark.slow
+def test_a_reward_head_judge_gives_each_responses_own_reward(tmp_path):
+    """ModelJudge.reward equals the head's score of the response alone (scored here one at a time)."""
+    from jalign.models.tokenizer import train_tiny_tokenizer
+    from jalign.train.judges import ModelJudge
+    from test_preference_evaluation import A, PROMPTS, _model, _reward_alone
+
+    tokenizer = train_tiny_tokenizer(["favour: a abcd dcba " * 3], 270, tmp_path / "tok")
+    model = _model("reward")
+    judge = ModelJudge(model, tokenizer, batch_size=2, max_length=32)
+    expected = [_reward_alone(model, tokenizer, prompt, response) for prompt, response in zip(PROMPTS, A)]
+    np.testing.assert_allclose(judge.reward(PROMPTS, A), expected, atol=1e-5)
+    assert gives_rewards(judge) and not gives_rewards(ModelJudge(_model("pairwise"), tokenizer))
+
+
+@pytest.mark.slow
 def test_the_loop_refuses_a_preference_judge_before_the_first_step(tmp_path):
     exp = experiment(tmp_path, 1, "rloo", judge=FunctionJudge(lambda p, a, b: 0.5, kind="preference"))
     with pytest.raises(OnlineConfigError, match=r"rloo: needs labels\['reward'\]"):
