@@ -33,7 +33,8 @@ from jalign.objectives.registry import objective
 from jalign.objectives.sequence import label, log_ratios
 
 _CITATION = ("Flet-Berliac et al. 2024, Contrastive Policy Gradient: Aligning LLMs on Sequence-Level Scores in a "
-             "Supervised-Friendly Fashion; loss as stated in Cohere's Command A report 2025, Sec. 3 (p. 7)")
+             "Supervised-Friendly Fashion; the loss as Cohere's Command A report 2025 (p. 7) states it, read from a "
+             "digest quoting that equation (the CoPG paper's own equation was not read here)")
 
 
 def copg_loss(rewards: Array, log_ratio: Array, *, beta) -> Array:
@@ -53,7 +54,7 @@ def copg_loss(rewards: Array, log_ratio: Array, *, beta) -> Array:
 
     References:
       Flet-Berliac et al., *Contrastive Policy Gradient*, 2024; the loss as in
-      Cohere, *Command A*, 2025, Sec. 3.
+      Cohere, *Command A*, 2025, p. 7.
     """
     regularised = jax.lax.stop_gradient(jnp.asarray(rewards, jnp.float32)) - beta * jnp.asarray(log_ratio, jnp.float32)
     k = regularised.shape[1]

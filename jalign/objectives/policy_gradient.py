@@ -35,7 +35,8 @@ def _f32(x: Array) -> Array:
 def kl_shaped_reward(reward: Array, log_ratio: Array, *, beta) -> Array:
     """The sequence reward with the KL penalty folded in: ``r - beta log(pi/pi_ref)``, ``[B, G]``.
 
-    Ahmadian et al. 2024, Sec. 2 (the RLHF reward ``R(x, y) = r(x, y) - beta log pi(y|x)/pi_ref(y|x)``).
+    The RLHF reward ``R(x, y) = r(x, y) - beta log pi(y|x)/pi_ref(y|x)`` of Ahmadian et al. 2024, as TRL's
+    ``RLOOTrainer`` folds the sequence KL into it.
     """
     return _f32(reward) - beta * _f32(log_ratio)
 
@@ -43,7 +44,7 @@ def kl_shaped_reward(reward: Array, log_ratio: Array, *, beta) -> Array:
 def leave_one_out_advantage(rewards: Array) -> Array:
     """``R_i - 1/(k-1) sum_{j != i} R_j`` within each group: ``[B, k] -> [B, k]`` (``k >= 2``).
 
-    Ahmadian et al. 2024, *Back to Basics*, Sec. 3.3 (RLOO's baseline).
+    Ahmadian et al. 2024, *Back to Basics* (RLOO's baseline), as TRL's ``RLOOTrainer`` computes it.
     """
     rewards = _f32(rewards)
     k = rewards.shape[1]
@@ -56,7 +57,7 @@ def leave_one_out_advantage(rewards: Array) -> Array:
 def group_normalised_advantage(rewards: Array, *, eps: float = 1e-4) -> Array:
     """GRPO's outcome advantage ``(r_i - mean(r)) / (std(r) + eps)`` within each group, ``[B, G]``.
 
-    Shao et al. 2024, Sec. 4.1.2. The standard deviation is the unbiased one
+    Shao et al. 2024, Sec. 4.1.2 (outcome supervision). The standard deviation is the unbiased one
     plus ``eps = 1e-4``, as TRL's ``GRPOTrainer`` computes it (a group of equal
     rewards then has advantage 0, not 0/0).
     """
@@ -123,8 +124,8 @@ GROUP_WITH_REWARD = Requirements(responses=LIST, reference=True, labels=("reward
     "reinforce",
     strength="beta",
     citation="Williams 1992 REINFORCE, as the RLHF baseline of Ahmadian et al. 2024, Back to Basics: "
-    "Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs, Sec. 3.1-3.2 "
-    "(KL penalty in the reward); beta = 0.05 as TRL's RLOOConfig",
+    "Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs (KL penalty in the "
+    "reward); beta = 0.05 as TRL's RLOOConfig",
     requires=Requirements(responses=SINGLE, reference=True, labels=("reward",)),
     sampling=Sampling(responses=(POLICY,), labels=("reward",)),
 )
@@ -156,7 +157,8 @@ class REINFORCE(Objective):
     "rloo",
     strength="beta",
     citation="Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization for Learning "
-    "from Human Feedback in LLMs, Sec. 3.3 (REINFORCE Leave-One-Out); k = 2 and beta = 0.05 as TRL's RLOOConfig",
+    "from Human Feedback in LLMs (REINFORCE Leave-One-Out), transcribed from TRL's RLOOTrainer (the paper's "
+    "equation was not read here); k = 2 and beta = 0.05 as TRL's RLOOConfig",
     requires=GROUP_WITH_REWARD,
     sampling=Sampling(responses=(POLICY,), labels=("reward",), group="k"),
 )
@@ -189,7 +191,8 @@ class RLOO(Objective):
     strength="beta",
     citation="Shao et al. 2024, DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language "
     "Models, Eq. 3 (clipped objective with the KL of Eq. 4) and Sec. 4.1.2 (group-normalised outcome "
-    "advantage); beta = 0.04 and 64 outputs per question from Sec. 4.2, epsilon = 0.2 as TRL's GRPOConfig",
+    "advantage); beta = 0.04, 64 outputs per question and one update per exploration stage from Sec. 4.2; "
+    "epsilon (not stated there) = 0.2 as Schulman et al. 2017 and TRL's GRPOConfig",
     requires=GROUP_WITH_REWARD,
     sampling=Sampling(responses=(POLICY,), labels=("reward",), group="group_size"),
 )
@@ -203,7 +206,9 @@ class GRPO(Objective):
         \\quad \\hat A_i = \\frac{r_i - \\mathrm{mean}(r)}{\\mathrm{std}(r)}
 
     ``rho = pi_theta / pi_old`` with ``pi_old`` the sampling policy (one
-    update per rollout, see the module docstring). ``group_size`` is static.
+    update per rollout, see the module docstring; DeepSeekMath-RL itself
+    takes "a single update following each exploration stage", Sec. 4.2).
+    ``group_size`` is static.
     Needs ``labels["reward"]`` ``[B, G]`` and reference log-probs.
     """
 
