@@ -18,7 +18,9 @@ from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
     EXOReward as exo_reward,
 )
+from jalign.objectives.copg import CoPG as copg, OnlineCoPG as online_copg
 from jalign.objectives.fdpo import FDPO as fdpo
+from jalign.objectives.grao import GRAO as grao
 from jalign.objectives.gpo import (
     GPOExponential as gpo_exponential, GPOHinge as gpo_hinge, GPOLogistic as gpo_logistic,
     GPOSavage as gpo_savage, GPOSquared as gpo_squared,
@@ -35,6 +37,7 @@ from jalign.objectives.online import (
 )
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
 from jalign.objectives.poft import PoFT as poft
+from jalign.objectives.policy_gradient import GRPO as grpo, PPOClip as ppo_clip, REINFORCE as reinforce, RLOO as rloo
 from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
 from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
@@ -42,6 +45,7 @@ from jalign.objectives.reference_free import (
 )
 from jalign.objectives.rejection_sampling import RSF as rsf
 from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
+from jalign.objectives.rso import RSO as rso
 from jalign.objectives.sft import SFT as sft
 from jalign.objectives.selfplay import (
     CREAM as cream, DatasetReset as dataset_reset, SELM as selm, SPIN as spin, XPO as xpo,
@@ -63,6 +67,7 @@ OBJECTIVES = (
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
     "d2o", "ift", "jpo", "mapo", "poft", "sem_dpo",
+    "copg", "grao", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
     "spin", "selm", "xpo", "cream", "dataset_reset",
     "multi_reward", "rsf",
 )

@@ -25,6 +25,8 @@ Known label keys (objectives declare which they need):
 - ``"list_mask"`` ``[B, G]``: 1 for real entries of a ragged ranked list.
 - ``"win_prob"`` ``[B, G]``: P(y_g beats a response of the opponent policy)
   (Nash-MD, SPPO, EGPO).
+- ``"reward"`` ``[B, G]``: a judge's scalar reward of each sampled response
+  (a reward model or a reward function; RLOO, GRPO, PPO-clip, online CoPG, RSO).
 - ``"previous_logps"`` ``[B, G]``: sequence log-prob under the previous iterate
   (INPO, SPPO).
 - ``"example_weight"`` ``[B]``: weight of each example in the batch mean; 0 for

@@ -84,7 +84,8 @@ class Objective:
         if declared is None:
             return None
         mixing = MIXTURE in declared.sources()
-        return dataclasses.replace(declared, mixture=getattr(self, declared.mixture) if mixing else None)
+        resolved = dataclasses.replace(declared, mixture=getattr(self, declared.mixture) if mixing else None)
+        return _resolve_counts(resolved, self)
 
     @property
     def strength_path(self) -> str | None:
@@ -128,6 +129,24 @@ class Objective:
         return Scaled(weight=weight, inner=self)
 
     __rmul__ = __mul__
+
+
+def _resolve_counts(declared: Sampling, objective: Objective) -> Sampling:
+    """A declaration's group size and candidate count, read from the objective's static fields.
+
+    A group of ``G`` repeats the first declared response source ``G`` times
+    (the other sources follow once), so every engine that counts
+    ``responses`` sees the group.
+    """
+    changes = {}
+    if isinstance(declared.group, str):
+        group = int(getattr(objective, declared.group))
+        changes.update(group=group, responses=declared.responses[:1] * group + declared.responses[1:])
+    if isinstance(declared.candidates, str):
+        changes["candidates"] = int(getattr(objective, declared.candidates))
+    if isinstance(declared.rejection, str):
+        changes["rejection"] = getattr(objective, declared.rejection)
+    return dataclasses.replace(declared, **changes) if changes else declared
 
 
 def _terms(objective: Objective) -> tuple[Objective, ...]:

@@ -146,6 +146,19 @@ class Sampling:
         declaration attached to a class this is the *name* of the
         hyperparameter holding it; an instance's ``sampling`` property
         resolves it to the value (``None`` when no source is a mixture).
+      group: for objectives over a group of ``G`` responses per prompt (RLOO's
+        ``k``, GRPO's group size): on a class, the *name* of the static
+        hyperparameter holding ``G``, with ``responses[0]`` naming the group's
+        source (further sources follow the group once: GRAO's reference
+        answer); an instance's ``sampling`` resolves it to the count and
+        repeats ``responses[0]`` that many times, so engines see the slots.
+      candidates: for a rejection-sampled pair (RSO), the *name* of the static
+        hyperparameter holding the number of candidates drawn per prompt from
+        the response source before Algorithm 1 of Liu et al. keeps two; the
+        instance resolves it to the count. ``None`` for every other objective.
+      rejection: with ``candidates``, the *name* of the hyperparameter holding
+        Algorithm 1's ``beta`` (acceptance ``exp((r - r_max) / beta)``); the
+        instance resolves it to the value.
       reset: the probability that a prompt's generation is reset to a state
         of the dataset's response (DR-PO's dataset reset, Chang et al.
         2024): the prompt plus the first ``h`` tokens of its completion,
@@ -158,6 +171,9 @@ class Sampling:
     opponent: str | None = None
     reference: str = REFERENCE
     mixture: object = "mixture"
+    group: object = None
+    candidates: object = None
+    rejection: object = None
     reset: float = 0.0
 
     def __post_init__(self):
@@ -182,9 +198,16 @@ class Sampling:
         return tuple(dict.fromkeys(s for s in drawn + scored if s not in (UNIFORM, DATA)))
 
     def describe(self) -> str:
-        parts = [f"responses from {' and '.join(self.responses)}"]
+        if isinstance(self.group, int):
+            rest = self.responses[self.group:]
+            parts = [f"a group of {self.group} responses per prompt from {self.responses[0]}"
+                     + "".join(f", and one from {source}" for source in rest)]
+        else:
+            parts = [f"responses from {' and '.join(self.responses)}"]
         if self.opponent:
             parts.append(f"win rates against {self.opponent}")
+        if self.candidates is not None:
+            parts.append(f"2 of {self.candidates} candidates kept by rejection sampling")
         if self.labels:
             parts.append("judge labels " + ", ".join(self.labels))
         if self.reference != REFERENCE:

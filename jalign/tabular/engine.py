@@ -4,9 +4,11 @@
 :class:`~jalign.tabular.games.Game`:
 
 - objectives with a :class:`~jalign.objectives.online.Sampling` declaration
-  get their response slots, reference slot and oracle labels (``preference``,
-  ``win_prob``, ``previous_logps``) from the declared sources, as exact
-  expectations or samples;
+  get their response slots (a group of ``G`` is ``G`` slots), reference slot
+  and oracle labels (``preference``, ``win_prob``, ``previous_logps``, and
+  ``reward`` from a per-action reward) from the declared sources, as exact
+  expectations or samples; RSO's rejection-sampled pairs are served in the
+  limit of many candidates (:func:`rejection_sampled_pairs`);
 - every other objective (DPO, IPO, SFT, KTO, listwise, ...) is offline: it
   gets chosen-first pairs from a ``[C, K, K]`` distribution ``data`` (an
   offline dataset, or :func:`~jalign.tabular.feeding.labelled_pairs` of some
@@ -74,20 +76,47 @@ def source_logps(source: str, objective: Objective, game: Game, policies: Polici
     raise ValueError(f"unknown sampling source {source!r}")
 
 
-def _online_distribution(objective: Objective, game: Game, policies: Policies):
+def _slot_expanders(num_slots: int, num_actions: int) -> list[Callable[[Array], Array]]:
+    """For each slot ``g``: ``[C, K] -> [C, K, ..., K]`` (``num_slots`` action axes), varying along axis ``g + 1``."""
+    def expand(g):
+        def along(a):
+            index = [slice(None)] + [None] * num_slots
+            index[1 + g] = slice(None)
+            return jnp.broadcast_to(a[tuple(index)], a.shape[:1] + (num_actions,) * num_slots)
+        return along
+    return [expand(g) for g in range(num_slots)]
+
+
+def rejection_sampled_pairs(log_source: Array, reward: Array, beta) -> Array:
+    """``[C, K, K]``: RSO's pairs in the limit of many candidates, winner (higher reward) first.
+
+    Algorithm 1 of Liu et al. 2023 draws from ``q ∝ source exp(r / beta)``
+    (their Theorem 1, as the number of candidates grows); two independent draws
+    ordered by reward give ``W[c, a, b] = 2 q(a) q(b)`` for ``r_a > r_b`` and
+    ``q(a) q(b)`` for ties (each order once).
+    """
+    q = jax.nn.softmax(log_source + reward / beta, axis=-1)
+    both = q[:, :, None] * q[:, None, :]
+    order = jnp.sign(reward[:, :, None] - reward[:, None, :])  # +1 where a wins, -1 where b wins, 0 for ties
+    return both * (1.0 + order)
+
+
+def _online_distribution(objective: Objective, game: Game, policies: Policies, reward: Array | None):
     """Response distribution, labels and reference slot of an online objective."""
     sampling = sampling_of(objective)
+    if "reward" in sampling.labels and reward is None:
+        raise ValueError(f"{objective.name} needs labels['reward']: pass reward=, a [C, K] reward per action")
     logps = {s: source_logps(s, objective, game, policies) for s in sampling.sources()}
     rho = game.context_probs
-    slots = [jnp.exp(logps[s]) for s in sampling.responses]
-    if len(slots) == 1:
-        distribution = rho[:, None] * slots[0]
-        expand = [lambda a: a]
+    num_slots, num_actions = len(sampling.responses), game.num_actions
+    expand = _slot_expanders(num_slots, num_actions)
+    if sampling.candidates is not None:
+        pairs = rejection_sampled_pairs(logps[sampling.responses[0]], reward, sampling.rejection)
+        distribution = rho[:, None, None] * pairs
     else:
-        distribution = rho[:, None, None] * slots[0][:, :, None] * slots[1][:, None, :]
-        num_actions = game.num_actions
-        expand = [lambda a: jnp.broadcast_to(a[:, :, None], a.shape + (num_actions,)),
-                  lambda a: jnp.broadcast_to(a[:, None, :], a.shape[:1] + (num_actions,) + a.shape[1:])]
+        distribution = rho.reshape((-1,) + (1,) * num_slots)
+        for e, source in zip(expand, sampling.responses):
+            distribution = distribution * e(jnp.exp(logps[source]))
     labels = {}
     if "preference" in sampling.labels:
         labels["preference"] = game.preference
@@ -97,12 +126,14 @@ def _online_distribution(objective: Objective, game: Game, policies: Policies):
     if "previous_logps" in sampling.labels:
         previous = jax.lax.stop_gradient(policies.previous)
         labels["previous_logps"] = jnp.stack([e(previous) for e in expand], axis=-1)
+    if "reward" in sampling.labels:
+        labels["reward"] = jnp.stack([e(jnp.asarray(reward, jnp.float32)) for e in expand], axis=-1)
     return distribution, labels, logps[sampling.reference]
 
 
 def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Array | None = None,
               labels: Mapping[str, Array] | None = None, key: Array | None = None,
-              batch_size: int | None = None) -> LogProbs:
+              batch_size: int | None = None, reward: Array | None = None) -> LogProbs:
     """The exact population batch (``key is None``) or a sampled mini-batch for ``objective``.
 
     Args:
@@ -118,6 +149,8 @@ def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Arr
         pairs, e.g. ``lambda lp: labelled_pairs(P, lp, lp, rho)``.
       labels: extra offline labels indexed like ``data`` (see ``feeding.per_response``).
       key, batch_size: draw ``batch_size`` i.i.d. examples instead of the population.
+      reward: ``[C, K]`` reward of each action, for online objectives with a
+        ``"reward"`` label (RLOO, GRPO, PPO-clip, online CoPG, RSO).
     """
     if sampling_of(objective) is not None:
         if sampling_of(objective).reset:
@@ -128,7 +161,7 @@ def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Arr
                 raise ValueError(f"{objective.name} samples the dataset's responses: pass data=, the [C, K] "
                                  "distribution of the dataset's response to each context")
             policies = policies._replace(data=jnp.log(jnp.asarray(data, jnp.float32)))
-        distribution, labels, log_reference = _online_distribution(objective, game, policies)
+        distribution, labels, log_reference = _online_distribution(objective, game, policies, reward)
     elif data is None:
         raise ValueError(f"{objective.name} is offline: pass data=, a distribution over responses, pairs or lists")
     else:
@@ -172,7 +205,8 @@ def _step_grads(objective, game, optimizer, logits, opt_state, previous, batch_k
 def train(objective: Objective, game: Game, logits: Array, optimizer: optax.GradientTransformation, *,
           steps: int, data: Array | None = None, labels: Mapping[str, Array] | None = None,
           key: Array | None = None, batch_size: int | None = None,
-          inner_steps: int = 1, record: Callable[[Array], Mapping[str, Array]] | None = None):
+          inner_steps: int = 1, record: Callable[[Array], Mapping[str, Array]] | None = None,
+          reward: Array | None = None):
     """Optimises softmax logits on an objective for ``steps`` steps under ``lax.scan``.
 
     The previous iterate (for ``"previous"`` sources: SPPO, INPO) is refreshed
@@ -194,6 +228,7 @@ def train(objective: Objective, game: Game, logits: Array, optimizer: optax.Grad
       key: PRNG key: sample mini-batches of ``batch_size``; ``None`` for exact populations.
       inner_steps: steps per previous-iterate refresh (static).
       record: ``log_pi [C, K] -> {name: scalar}`` evaluated after every step.
+      reward: ``[C, K]`` per-action reward for objectives with a ``"reward"`` label.
 
     Returns:
       ``(final_logits, history)``: history maps ``"loss"`` and the recorded
@@ -209,7 +244,8 @@ def train(objective: Objective, game: Game, logits: Array, optimizer: optax.Grad
         params, opt_state, previous, rng = carry
         previous = jnp.where(t % inner_steps == 0, params, previous)
         rng, sub = jax.random.split(rng)
-        batch_kwargs = {"data": data, "labels": labels, "key": sub if sample else None, "batch_size": batch_size}
+        batch_kwargs = {"data": data, "labels": labels, "key": sub if sample else None, "batch_size": batch_size,
+                        "reward": reward}
         loss, grads = _step_grads(objective, game, optimizer, params, opt_state, previous, batch_kwargs)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

@@ -1,7 +1,9 @@
 """Judges: ``P(A ≻ B | x)`` for batches of texts, from a preference model or a Python function.
 
 One interface, :class:`Judge`: ``judge.preference(prompts, a, b)`` returns
-``P(a_n ≻ b_n | prompt_n)`` as a float64 ``[N]`` array. Implementations:
+``P(a_n ≻ b_n | prompt_n)`` as a float64 ``[N]`` array; judges with a scalar
+reward (a reward function, a reward head) also have
+``judge.reward(prompts, responses)``, float64 ``[N]`` (:func:`gives_rewards`). Implementations:
 
 - :class:`ModelJudge` over a decoder with a preference head
   (``jalign.models.preference_heads``): a Bradley-Terry reward model
@@ -36,6 +38,19 @@ from jalign.objectives.declaration import EMBEDDING, PAIRWISE, REWARD
 class Judge(Protocol):
     def preference(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         """``P(a_n ≻ b_n | prompts_n)``, float64 ``[N]``."""
+
+
+def gives_rewards(judge: Any) -> bool:
+    """Whether ``judge.reward(prompts, responses)`` returns scalar rewards (a reward function or reward head).
+
+    Preference-only judges (a pairwise or general preference model, a
+    preference function) have no scalar reward per response.
+    """
+    if isinstance(judge, FunctionJudge):
+        return judge.kind == "reward"
+    if isinstance(judge, ModelJudge):
+        return judge.model.score_head.kind == REWARD
+    return callable(getattr(judge, "reward", None))
 
 
 def _pair_logit(kind: str, tau: float):
@@ -73,12 +88,29 @@ class ModelJudge:
         self._tokenization = Tokenization(max_length=self.max_length, truncation="keep_end")
         logit = _pair_logit(self.model.score_head.kind, self.tau)
         self._probability = nnx.jit(lambda model, batch: jax.nn.sigmoid(logit(preference_scores(model, batch))))
+        self._rewards = nnx.jit(preference_scores)
 
     def describe(self) -> str:
         """What judges (for the saved run config): the head kind and the model's shape, not its weights."""
         cfg = self.model.cfg
         return (f"ModelJudge({self.model.score_head.kind} head on {cfg.model_type}, {cfg.num_layers} layers, "
                 f"hidden {cfg.hidden_size}, tau={self.tau})")
+
+    def reward(self, prompts, responses) -> np.ndarray:
+        """The reward head's score of each ``(prompt, response)``, float64 ``[N]`` (reward heads only)."""
+        if self.model.score_head.kind != REWARD:
+            raise ValueError(f"a {self.model.score_head.kind} head gives no scalar reward per response")
+        if len(prompts) != len(responses):
+            raise ValueError(f"prompts and responses differ in length: {len(prompts)}, {len(responses)}")
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            # Each response is scored in a pair with itself: the collated layout the head reads.
+            rows = [tokenize(Example("ranked", p, (y, y), ("a", "b"), {}), i, self.tokenizer, self._tokenization)
+                    for i, (p, y) in enumerate(zip(prompts[start:start + self.batch_size],
+                                                   responses[start:start + self.batch_size]))]
+            batch = {k: v for k, v in self._collate(rows).items() if k not in ("record_index", "labels")}
+            out.append(np.asarray(self._rewards(self.model, batch), np.float64)[:len(rows), 0])
+        return np.concatenate(out) if out else np.zeros((0,))
 
     def preference(self, prompts, a, b) -> np.ndarray:
         if not len(prompts) == len(a) == len(b):
@@ -118,6 +150,12 @@ class FunctionJudge:
         when the experiment runs as a script) and the settings."""
         fn = getattr(self.fn, "__qualname__", type(self.fn).__qualname__)
         return f"FunctionJudge({fn}, kind={self.kind}, temperature={self.temperature})"
+
+    def reward(self, prompts, responses) -> np.ndarray:
+        """``fn(prompt, response)`` for each pair, float64 ``[N]`` (``kind="reward"`` only)."""
+        if self.kind != "reward":
+            raise ValueError("a preference function gives no scalar reward per response")
+        return np.asarray([self.fn(p, y) for p, y in zip(prompts, responses)], np.float64)
 
     def preference(self, prompts, a, b) -> np.ndarray:
         if self.kind == "preference":

@@ -25,6 +25,13 @@ batch of ``B`` prompts, :class:`Rollout`:
    (SPPO's estimate of ``P(y ≻ pi_t)``). EGPO's opponent is the policy after a
    half-step: the half-step's batch is labelled against the current
    policy's opponents, then the real step's against the half-step policy's;
+   ``"reward"`` is the judge's scalar reward of every response
+   (``judge.reward``; a preference-only judge is refused when the loop is
+   built). A group declaration (RLOO's ``k``, GRPO's group size) draws that
+   many responses per prompt from its source; a ``candidates`` declaration
+   (RSO) draws that many, rewards them, and keeps two per prompt by
+   Algorithm 1 of Liu et al. (``jalign.train.rejection_sampling``), the
+   higher reward first;
 4. returns the objective's batch (the collated layout of
    :class:`jalign.data.collate.Collator`), with the judge's labels.
 
@@ -61,7 +68,8 @@ from jalign.train.dataset_responses import (
     completion_responses, extended_prompts, judged_texts, prefix_lengths, samples_dataset,
 )
 from jalign.train.hosts import device_batch, gathered, process_rows
-from jalign.train.judges import FunctionJudge, Judge, ModelJudge
+from jalign.train.judges import FunctionJudge, Judge, ModelJudge, gives_rewards
+from jalign.train.rejection_sampling import rejection_sample
 from jalign.train.provider import LORA_BASE, Plan
 from jalign.train.step import FrozenModels, TrainState, make_half_step
 
@@ -69,6 +77,7 @@ SERVED = {UNIFORM: POLICY}  # the source that serves a declared one, where they 
 
 # Salts folded into the step's key, one per draw, so no two draws share randomness.
 _SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT, _RESET_SALT = 1, 101, 102, 201, 301
+_REJECTION_SALT = 401  # the host's uniform draws of RSO's Algorithm 1
 
 
 class OnlineConfigError(ValueError):
@@ -87,6 +96,14 @@ def resolve_judge(judge: Any, *, mesh=None, rules=None) -> Judge:
                                 f"directory; got {type(judge).__name__}. Wrap a plain function in "
                                 "jalign.train.judges.FunctionJudge(fn, kind='reward' or 'preference')")
     return judge
+
+
+def require_reward_judge(judge: Judge, sampling, name: str) -> None:
+    """Refuses, before anything compiles, a ``"reward"`` label with a judge that has no scalar reward."""
+    if "reward" in sampling.labels and not gives_rewards(judge):
+        raise OnlineConfigError(f"{name}: needs labels['reward'], a scalar reward per response, but online.judge "
+                                f"({type(judge).__name__}) only compares responses; give a reward judge "
+                                "(FunctionJudge(fn, kind='reward') or a reward-head model)")
 
 
 def stop_token_ids(tokenizer: Any, stop_tokens: Sequence[str] | None) -> np.ndarray:
@@ -159,6 +176,7 @@ class Rollout:
         # Measurement prompts: batch n at step n, apart from the training stream (no state to checkpoint).
         self._measure_prompts = prompt_batches(self.prompts, batch_size=self.batch_size, seed=exp.train.seed + 1)
         self.judge = resolve_judge(online.judge, mesh=mesh, rules=rules)
+        require_reward_judge(self.judge, self.sampling, exp.objective.name)
         self.win_samples = online.win_samples
         self.iteration_steps = online.iteration_steps or math.ceil(len(self.prompts.prompts) / self.batch_size)
         self.stops = stop_token_ids(tokenizer, online.stop_tokens)
@@ -255,6 +273,31 @@ class Rollout:
                              f"range [{np.nanmin(p)}, {np.nanmax(p)}]")
         return p
 
+    def _rewards(self, texts: list, responses: Drawn) -> np.ndarray:
+        """float32 ``[B, G]``: the judge's scalar reward of every response."""
+        b, g = responses.tokens.shape[:2]
+        started = time.perf_counter()
+        r = np.asarray(self.judge.reward([texts[i] for i in range(b) for _ in range(g)],
+                                         [responses.texts[i][j] for i in range(b) for j in range(g)]), np.float64)
+        self._times["judge"] += time.perf_counter() - started
+        if r.shape != (b * g,) or not np.all(np.isfinite(r)):
+            raise ValueError(f"the judge's reward must be {b * g} finite numbers; got shape {r.shape}")
+        return r.reshape(b, g).astype(np.float32)
+
+    def _rejection_pairs(self, state: TrainState, texts: list, candidates: Drawn, beta: float) -> Drawn:
+        """Two of each prompt's candidates, kept by RSO's Algorithm 1 and ordered by reward (winner first)."""
+        rewards = self._rewards(texts, candidates)
+        key = jax.random.fold_in(state.rng, _REJECTION_SALT)
+        rng = np.random.default_rng(int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max)))
+        picks = []
+        for row in rewards:
+            pair = rejection_sample(row, 2, beta, rng)
+            picks.append(sorted(pair, key=lambda i: -row[i]))
+        picks = np.asarray(picks)
+        take = lambda x: np.take_along_axis(x, picks.reshape(picks.shape + (1,) * (x.ndim - 2)), 1)
+        texts_kept = [[candidates.texts[i][j] for j in row] for i, row in enumerate(picks)]
+        return Drawn(take(candidates.tokens), take(candidates.mask), texts_kept, take(candidates.stopped))
+
     def _batch(self, prompts: dict, responses: Drawn, labels: dict) -> dict:
         """The objective's global batch, this process's rows of it on device."""
         b = responses.tokens.shape[0]
@@ -281,13 +324,21 @@ class Rollout:
     def _rollout(self, state: TrainState, frozen: FrozenModels, prompts: dict, objective) -> tuple[TrainState, dict]:
         device_prompts = {k: jnp.asarray(v) for k, v in prompts.items() if k != "record_index"}
         started = time.perf_counter()
-        groups = _slot_groups(self.sampling.responses)
-        drawn = {source: (self.dataset_responses(prompts, len(slots)) if source == DATA else
-                          self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n))
-                 for n, (source, slots) in enumerate(groups.items())}
-        responses = _in_slot_order(drawn, groups)
         texts = self._prompt_texts(prompts)
+        if self.sampling.candidates is not None:
+            source = SERVED.get(self.sampling.responses[0], self.sampling.responses[0])
+            candidates = self.draw(state, frozen, device_prompts, objective, source, self.sampling.candidates,
+                                   _SLOT_SALT)
+            responses = self._rejection_pairs(state, texts, candidates, float(objective.sampling.rejection))
+        else:
+            groups = _slot_groups(self.sampling.responses)
+            drawn = {source: (self.dataset_responses(prompts, len(slots)) if source == DATA else
+                              self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n))
+                     for n, (source, slots) in enumerate(groups.items())}
+            responses = _in_slot_order(drawn, groups)
         labels = {}
+        if "reward" in self.sampling.labels:
+            labels["reward"] = self._rewards(texts, responses)
         if "preference" in self.sampling.labels:
             labels["preference"] = self._judged(texts, [r[0] for r in responses.texts],
                                                 [r[1] for r in responses.texts]).astype(np.float32)
@@ -316,6 +367,8 @@ class Rollout:
             labels["preference"] = np.zeros((b,), np.float32)
         if "win_prob" in self.sampling.labels:
             labels["win_prob"] = np.zeros((b, g), np.float32)
+        if "reward" in self.sampling.labels:
+            labels["reward"] = np.zeros((b, g), np.float32)
         return process_rows({"prompt_tokens": np.zeros((b, 1), np.int32), "prompt_mask": np.zeros((b, 1), np.int32),
                              "response_tokens": np.zeros((b, g, n), np.int32),
                              "response_mask": np.zeros((b, g, n), np.int32), "labels": labels})

@@ -46,7 +46,7 @@ from jalign.train.token_inputs import (
 )
 
 NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
-JUDGED_LABELS = ("preference", "win_prob")  # what the online loop's judge provides
+JUDGED_LABELS = ("preference", "win_prob", "reward")  # what the online loop's judge provides
 PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iterate
 KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
 # Kernel extras computed against the reference model's next-token distribution.

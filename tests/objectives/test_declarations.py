@@ -110,6 +110,7 @@ def test_every_registered_objective_declares_a_real_strength_field(name):
 
 def test_every_online_objective_declares_sampling_and_offline_ones_none():
     online = {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo",
+              "reinforce", "rloo", "grpo", "ppo_clip", "online_copg", "rso", "grao",
               "spin", "selm", "xpo", "cream", "dataset_reset", "rsf"}
     for name in registered():
         sampling = make(name).sampling
@@ -129,3 +130,16 @@ def test_exported_names_are_exactly_the_registry():
 
     assert set(package.OBJECTIVES) == set(registered())
     assert all(getattr(package, name) is cls for name, cls in registered().items())
+
+
+def test_group_size_and_candidates_resolve_on_the_instance():
+    """RLOO's k and GRPO's group size become that many policy slots; RSO's candidates and beta their values."""
+    from jalign.objectives import grpo, rloo, rso
+
+    assert rloo(k=4).sampling.responses == ("policy",) * 4 and rloo(k=4).sampling.group == 4
+    assert grpo(group_size=3).sampling.responses == ("policy",) * 3
+    assert (rloo(k=3) + 0.1 * sft()).sampling == rloo(k=3).sampling
+    with pytest.raises(ValueError, match="different sampling"):
+        (rloo(k=2) + rloo(k=3)).sampling
+    declared = rso(candidates=8, rejection_beta=0.25).sampling
+    assert (declared.candidates, declared.rejection, declared.responses) == (8, 0.25, ("reference", "reference"))
