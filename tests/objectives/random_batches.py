@@ -43,6 +43,7 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "previous_logps": policy.sum(-1) + rng.normal(size=(batch, g)),
         "semantic_weight": rng.uniform(0, 1, size=(batch,)),
         "instruction_length": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
+        "reward": rng.normal(size=(batch, g)),
     }
     extras = {
         "ref_kl": rng.uniform(0, 2, size=shape),

@@ -47,6 +47,8 @@ MARGIN_LOSSES = {
     "ipo_md": (dict(tau=0.2, mixture=0.3), lambda h, y: ipo_regression_loss(h, y["preference"] - 0.5, tau=0.2)),
     "online_dpo": (dict(beta=0.3), lambda h, y: dpo_loss(h, beta=0.3, label_smoothing=1.0 - y["preference"])),
     "sem_dpo": (dict(beta=0.3), lambda h, y: y["semantic_weight"] * dpo_loss(h, beta=0.3)),
+    "spin": (dict(beta=0.3), lambda h, y: dpo_loss(h, beta=0.3)),
+    "rso": (dict(gamma=0.3), lambda h, y: dpo_loss(h, beta=0.3)),
 }
 
 CASES = [(name, average) for name in MARGIN_LOSSES for average in (False, True)
@@ -61,8 +63,8 @@ def _numpy_log_ratios(lp, average):
 
 
 def _reward_scale(hyperparameters):
-    """The paper's strength (beta, or IPO's tau); SLiC has none, so its reward is the log-ratio."""
-    return hyperparameters.get("beta", hyperparameters.get("tau", 1.0))
+    """The paper's strength (beta, IPO's tau or RSO's gamma); SLiC has none, so its reward is the log-ratio."""
+    return hyperparameters.get("beta", hyperparameters.get("tau", hyperparameters.get("gamma", 1.0)))
 
 
 def test_the_table_lists_every_margin_objective():
