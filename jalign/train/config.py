@@ -121,6 +121,12 @@ class ModelSection:
       guide: a local Hugging Face checkpoint of a guide policy, for objectives
         whose labels it computes (TGDPO's token rewards: the guide's per-token
         log-ratio against the reference).
+      reference_soup: SALSA's reference: local Hugging Face checkpoints (two or
+        more SFT models of the policy's architecture) whose weight average is
+        the frozen reference of every objective that reads one
+        (``jalign.train.soup``); empty: the reference is the policy's start.
+      reference_soup_weights: their mixing weights, non-negative and summing
+        to 1; empty: uniform (SALSA averages two SFT models equally).
       score_dim: the preference-embedding dimension of a general preference
         model's head (``gpm``; even). Reward and pairwise heads have one output.
       dtype: compute dtype of activations ("bfloat16" for mixed precision);
@@ -142,6 +148,8 @@ class ModelSection:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     guide: str | None = None
+    reference_soup: tuple[str, ...] = ()
+    reference_soup_weights: tuple[float, ...] = ()
     score_dim: int = 2
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     param_dtype: Literal["float32", "bfloat16", "float16"] | None = None

@@ -4,8 +4,9 @@ The counterpart of ``jalign.tabular.batch_for`` for transformers. When a run
 is built, :func:`plan_inputs` reads the composed objective's declaration
 (``requires`` and ``sampling``) once and decides where each input comes from:
 
-- the reference, one value: none, a frozen copy, the LoRA base view, or
-  log-probs precomputed with the data;
+- the reference, one value: none, a frozen copy, the LoRA base view,
+  log-probs precomputed with the data, or a frozen weight-space soup of
+  several checkpoints (SALSA, ``model.reference_soup``; ``jalign.train.soup``);
 - per-token extras, from the fused log-prob kernels (``entropy``,
   ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
   (SparsePO's masks);
@@ -45,7 +46,9 @@ from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
 )
 
-NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
+NONE, FROZEN, LORA_BASE, PRECOMPUTED, SOUP = "none", "frozen", "lora_base", "precomputed", "soup"
+# Plans whose reference is a frozen model held as a step argument (``FrozenModels.reference``).
+FROZEN_MODELS = (FROZEN, SOUP)
 JUDGED_LABELS = ("preference", "win_prob")  # what the online loop's judge provides
 PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iterate
 KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
@@ -65,8 +68,9 @@ class Plan:
 
     Attributes:
       reference: ``"none"``, ``"frozen"`` (a frozen copy's parameters are a
-        step argument), ``"lora_base"`` (the policy with adapters off) or
-        ``"precomputed"`` (``batch["reference_logprobs"]``).
+        step argument), ``"soup"`` (likewise, the parameters being a weight
+        average of ``model.reference_soup``), ``"lora_base"`` (the policy
+        with adapters off) or ``"precomputed"`` (``batch["reference_logprobs"]``).
       kernel_extras: extras the policy's log-prob kernel computes (the
         objective's and the metrics').
       data_labels: labels read from record fields beyond the data kind's own.
@@ -107,17 +111,31 @@ class Plan:
         return "token_mask_logits" in self.mask_extras
 
 
-def _reference_kind(needed: bool, mode: str, lora: bool) -> str:
+def _reference_kind(needed: bool, mode: str, lora: bool, soup: bool = False) -> str:
     if not needed:
         return NONE
     if mode == PRECOMPUTED:
         return PRECOMPUTED
+    if soup:
+        return SOUP
     return LORA_BASE if lora else FROZEN
+
+
+def _soup_conflicts(name: str, needed: bool, mode: str, lora: bool) -> list[str]:
+    """Why ``model.reference_soup`` cannot be this run's reference (empty when it can)."""
+    if not needed:
+        return [f"model.reference_soup: {name} reads no reference; unset it"]
+    if lora:
+        return ["model.reference_soup: a LoRA policy's reference is its frozen base; set model.lora_rank=0"]
+    if mode == PRECOMPUTED:
+        return ["model.reference_soup: train.reference='precomputed' scores with the policy's initial weights; "
+                "set train.reference='model'"]
+    return []
 
 
 def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[str] = (),
                 reference_mode: str = "model", lora: bool = False, guide: bool = False,
-                metric_extras: Sequence[str] = (), online: bool = False) -> Plan:
+                metric_extras: Sequence[str] = (), online: bool = False, soup: bool = False) -> Plan:
     """Decides the source of every input ``objective`` declares, or refuses.
 
     Args:
@@ -130,13 +148,15 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
       metric_extras: kernel extras wanted for metrics only (``train.extras``).
       online: the run generates its responses (``online.prompts`` is set);
         ``data_kind`` and ``columns`` are then unused.
+      soup: the reference is a soup of checkpoints (``model.reference_soup``).
 
     Raises:
       RefusedObjective: one message listing every input that cannot be served.
     """
     name, needs, sampling = objective.name, objective.requires, objective.sampling
     if online:
-        return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras)
+        return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras,
+                            soup=soup)
     if sampling is not None:
         raise RefusedObjective(
             f"{name}: its responses are sampled during training ({sampling.describe()}; from "
@@ -184,7 +204,9 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     uses_reference_model = (bool(set(REFERENCE_KERNEL_EXTRAS) & set(kernel_extras)) or ("kl_estimate" in computed)
                             or bool(mask_extras))
     need_reference = needs.reference or uses_reference_model or bool(computed)
-    reference = _reference_kind(need_reference, reference_mode, lora)
+    if soup:
+        missing += _soup_conflicts(name, need_reference, reference_mode, lora)
+    reference = _reference_kind(need_reference, reference_mode, lora, soup)
     if reference == PRECOMPUTED and uses_reference_model:
         wanted = [x for x in (*REFERENCE_KERNEL_EXTRAS, "kl_estimate", *MASK_EXTRAS)
                   if x in kernel_extras + computed + mask_extras]
@@ -202,7 +224,8 @@ def _response_count_fits(responses: str, count: int) -> bool:
     return {PAIR: count == 2, SINGLE: count == 1, TRIPLE: count == 3, LIST: count >= 2, ANY: True}[responses]
 
 
-def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str]) -> Plan:
+def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str],
+                 soup: bool = False) -> Plan:
     """The plan of a run that generates its responses (``online.prompts``), or a refusal naming what is missing.
 
     The judge labels what the declaration lists (``preference``,
@@ -244,9 +267,11 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
     if reference_mode == PRECOMPUTED:
         missing.append("train.reference='precomputed': responses are generated every step, so nothing can be "
                        "scored before training; set train.reference='model'")
+    elif soup:
+        missing += _soup_conflicts(name, True, reference_mode, lora)
     if missing:
         raise RefusedObjective(f"`jalign train` cannot serve {name} online:\n  - " + "\n  - ".join(missing))
-    return Plan(reference=LORA_BASE if lora else FROZEN,
+    return Plan(reference=_reference_kind(True, reference_mode, lora, soup),
                 kernel_extras=tuple(sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))),
                 computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
                 sampling=dataclasses.replace(sampling, mixture=None),

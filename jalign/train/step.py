@@ -25,7 +25,7 @@ from jalign.objectives import LogProbs, Objective
 from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
 from jalign.sharding import DEFAULT_RULES, activate, optimizer_shardings, state_shardings
 from jalign.objectives.declaration import PREVIOUS
-from jalign.train.provider import FROZEN, LORA_BASE, Plan, batch_logprobs
+from jalign.train.provider import FROZEN_MODELS, LORA_BASE, Plan, batch_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +105,9 @@ class FrozenModels:
       rest: the policy's state outside the trainable filter (``nnx.split``'s
         last part): the base weights and adapter scales of a LoRA policy,
         next to nothing for full fine-tuning.
-      reference: the frozen reference copy's trainable-parameter state (merged
-        with the policy's graphdef and ``rest``), for a ``"frozen"`` plan; else None.
+      reference: the frozen reference's trainable-parameter state (merged
+        with the policy's graphdef and ``rest``): a copy for a ``"frozen"``
+        plan, the checkpoints' average for a ``"soup"`` one; else None.
       guide: the guide model's ``nnx.State`` (TGDPO's token rewards), or None.
     """
 
@@ -136,7 +137,7 @@ def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
             return previous_model(previous, frozen)
         if plan.reference == LORA_BASE:
             return lora.reference_view(policy)
-        if plan.reference == FROZEN:
+        if plan.reference in FROZEN_MODELS:
             return nnx.merge(graphdef, frozen.reference, frozen.rest)
         return None
 
