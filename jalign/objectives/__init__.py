@@ -13,6 +13,7 @@ from jalign.objectives.margin import MarginObjective
 from jalign.objectives.anchored import (
     APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
 )
+from jalign.objectives.distillation import AlignDistil as aligndistil
 from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
     EXOReward as exo_reward,
@@ -47,7 +48,7 @@ from jalign.objectives.weighted import (
 from jalign.objectives.registry import make, objective, parse, registered
 
 OBJECTIVES = (
-    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
+    "aligndistil", "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
     "curry_dpo", "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpm",
     "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
     "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
