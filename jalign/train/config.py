@@ -29,6 +29,7 @@ from jalign.models import ModelConfig, RematPolicy
 from jalign.objectives import Objective, Scaled, dpo
 from jalign.sharding import MeshConfig
 from jalign.train.optim import OptimizerConfig
+from jalign.train.teacher_inputs import Teacher
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,15 @@ class ModelSection:
         (``jalign.train.soup``); empty: the reference is the policy's start.
       reference_soup_weights: their mixing weights, non-negative and summing
         to 1; empty: uniform (SALSA averages two SFT models equally).
+      teacher: AlignDistil's DPO model, a local Hugging Face checkpoint of
+        the policy's vocabulary; with ``teacher_contrast`` it builds the
+        ``teacher_kl`` / ``teacher_weight`` extras (``jalign.train.teacher_inputs``).
+      teacher_contrast: AlignDistil's reverse-DPO model (trained with chosen
+        and rejected swapped), likewise.
+      teacher_scale: the teacher's token-adaptive extrapolation scale (the
+        authors' ``beta2``; 10 in their UltraFeedback script).
+      teacher_temperature: the teacher's temperature (the authors'
+        ``kd_temperature``, default 1).
       score_dim: the preference-embedding dimension of a general preference
         model's head (``gpm``; even). Reward and pairwise heads have one output.
       dtype: compute dtype of activations ("bfloat16" for mixed precision);
@@ -150,10 +160,20 @@ class ModelSection:
     guide: str | None = None
     reference_soup: tuple[str, ...] = ()
     reference_soup_weights: tuple[float, ...] = ()
+    teacher: str | None = None
+    teacher_contrast: str | None = None
+    teacher_scale: float = 10.0
+    teacher_temperature: float = 1.0
     score_dim: int = 2
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     remat: RematPolicy | None = None
+
+    def teacher_spec(self) -> Teacher | None:
+        """AlignDistil's teacher when both of its models are set, else None."""
+        if self.teacher is None or self.teacher_contrast is None:
+            return None
+        return Teacher(scale=self.teacher_scale, temperature=self.teacher_temperature)
 
     def precision(self) -> dict[str, str]:
         """The `ModelConfig` fields this section sets for precision and memory (those that are not None)."""

@@ -169,7 +169,8 @@ def plan_for(exp: Experiment) -> Plan:
     kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
                        lora=exp.model.lora_rank > 0, guide=exp.model.guide is not None,
-                       metric_extras=exp.train.extras, soup=bool(exp.model.reference_soup))
+                       metric_extras=exp.train.extras, soup=bool(exp.model.reference_soup),
+                       teacher=exp.model.teacher_spec())
 
 
 def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, frozen_sharding: FrozenModels,
@@ -208,6 +209,10 @@ def build(exp: Experiment) -> Run:
     if plan.needs_guide:
         guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
                                                         **exp.model.precision()))
+    teacher_graphdefs, teacher_state = None, None
+    if plan.needs_teacher:
+        teacher_graphdefs, teacher_state = zip(*(nnx.split(load_hf(d, mesh=mesh, rules=rules, **exp.model.precision()))
+                                                 for d in (exp.model.teacher, exp.model.teacher_contrast)))
     rollout, eval_data = None, None
     if exp.online.enabled:
         rollout = Rollout(plan, exp, graphdef, tokenizer, tx, mesh, rules)
@@ -218,12 +223,14 @@ def build(exp: Experiment) -> Run:
     generations = None
     if exp.train.eval_generations:
         generations = EvalGenerations(exp, graphdef, tokenizer, eval_data, mesh, rules, scores=plan.scores)
-    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
+    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef,
+                     teacher_graphdefs=teacher_graphdefs)
     eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
-                                                   guide_graphdef=guide_graphdef)))
+                                                   guide_graphdef=guide_graphdef,
+                                                   teacher_graphdefs=teacher_graphdefs)))
     # Shapes only, for the step's shardings: the real values are then created in them.
     frozen_like = FrozenModels(rest=rest, reference=params if plan.reference in FROZEN_MODELS else None,
-                               guide=guide_state)
+                               guide=guide_state, teacher=teacher_state)
     state_like = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), jax.random.key(0),
                                                      p if plan.needs_previous else None), params)
     sample = device_batch(sample, mesh)

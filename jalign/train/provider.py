@@ -15,7 +15,9 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
 - labels, from the data's own fields (``preference``, ``score``,
   ``desirable``, ``other_rewards``) or computed in the step: KTO's
   ``kl_estimate`` from mismatched prompt/completion pairs of the batch and
-  TGDPO's ``guide_log_ratio`` from a guide model.
+  TGDPO's ``guide_log_ratio`` from a guide model;
+- AlignDistil's ``teacher_kl`` and ``teacher_weight``, from a DPO and a
+  reverse-DPO model (``jalign.train.teacher_inputs``).
 
 Whatever it cannot supply is refused before anything is compiled, in one
 :class:`RefusedObjective` message naming the objective, each missing input
@@ -42,6 +44,8 @@ from jalign.objectives import LogProbs, Objective
 from jalign.objectives.declaration import (
     ANY, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
 )
+from jalign.objectives.distillation import TEACHER_EXTRAS
+from jalign.train.teacher_inputs import Teacher, distillation_extras
 from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
 )
@@ -84,6 +88,8 @@ class Plan:
         left out: it is read from the objective, a traced value), or None.
       reference_slot: the model whose log-probs fill ``LogProbs.reference``:
         ``"reference"``, or ``"previous"`` (SPPO's proximal target).
+      teacher: how AlignDistil's teacher extras are built from
+        ``model.teacher`` and ``model.teacher_contrast``, or None.
     """
 
     reference: str = NONE
@@ -95,6 +101,7 @@ class Plan:
     scores: str | None = None
     sampling: Sampling | None = None
     reference_slot: str = REFERENCE
+    teacher: Teacher | None = None
 
     @property
     def needs_previous(self) -> bool:
@@ -105,6 +112,10 @@ class Plan:
     @property
     def needs_guide(self) -> bool:
         return GUIDE_LABEL in self.computed_labels
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.teacher is not None
 
     @property
     def needs_mask_head(self) -> bool:
@@ -135,7 +146,8 @@ def _soup_conflicts(name: str, needed: bool, mode: str, lora: bool) -> list[str]
 
 def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[str] = (),
                 reference_mode: str = "model", lora: bool = False, guide: bool = False,
-                metric_extras: Sequence[str] = (), online: bool = False, soup: bool = False) -> Plan:
+                metric_extras: Sequence[str] = (), online: bool = False, soup: bool = False,
+                teacher: Teacher | None = None) -> Plan:
     """Decides the source of every input ``objective`` declares, or refuses.
 
     Args:
@@ -149,6 +161,8 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
       online: the run generates its responses (``online.prompts`` is set);
         ``data_kind`` and ``columns`` are then unused.
       soup: the reference is a soup of checkpoints (``model.reference_soup``).
+      teacher: AlignDistil's teacher, when ``model.teacher`` and
+        ``model.teacher_contrast`` are both set; else None.
 
     Raises:
       RefusedObjective: one message listing every input that cannot be served.
@@ -173,11 +187,15 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     metric_only = [e for e in metric_extras if e not in own_extras] if needs.logprobs else []
     kernel_extras = sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))
     mask_extras = sorted(own_extras & set(MASK_EXTRAS))
-    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
+    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS) - set(TEACHER_EXTRAS)):
         missing.append(f"extras[{extra!r}]: no kernel or model of `jalign train` computes it")
     for extra in metric_only:
         if extra not in KERNEL_EXTRAS:
             missing.append(f"train.extras {extra!r}: not a kernel extra; valid: {list(KERNEL_EXTRAS)}")
+    teacher_extras = sorted(own_extras & set(TEACHER_EXTRAS))
+    if teacher_extras and teacher is None:
+        missing.append(f"extras{teacher_extras}: set model.teacher (the DPO model) and model.teacher_contrast "
+                       "(the reverse-DPO model), local Hugging Face checkpoints of the policy's vocabulary")
     data_labels, computed = [], []
     for key in needs.labels:
         if key in intrinsic_labels(data_kind):
@@ -217,7 +235,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
         raise RefusedObjective(f"`jalign train` cannot serve {name}:\n  - " + "\n  - ".join(missing))
     return Plan(reference=reference, kernel_extras=tuple(kernel_extras), data_labels=tuple(data_labels),
                 computed_labels=tuple(computed), mask_extras=tuple(mask_extras), logprobs=needs.logprobs,
-                scores=needs.scores)
+                scores=needs.scores, teacher=teacher if teacher_extras else None)
 
 
 def _response_count_fits(responses: str, count: int) -> bool:
@@ -289,7 +307,8 @@ def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> t
 
 
 def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, *, impl: str = "auto",
-                   guide: Any | None = None, previous: Any | None = None, top_k: int | None = None) -> LogProbs:
+                   guide: Any | None = None, previous: Any | None = None, top_k: int | None = None,
+                   teacher: tuple[Any, Any] | None = None) -> LogProbs:
     """The objective's input for one batch, assembled as ``plan`` says.
 
     Args:
@@ -304,6 +323,7 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
       guide: the guide decoder when the plan computes ``guide_log_ratio``.
       previous: the previous iterate when the plan computes ``previous_logps``.
       top_k: k for the top-k extras.
+      teacher: the (DPO, reverse-DPO) decoders when the plan builds AlignDistil's teacher.
 
     Returns:
       ``LogProbs`` with ``[B, G, R]`` fields.
@@ -318,6 +338,8 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
                          kl_to=ref_view if set(REFERENCE_KERNEL_EXTRAS) & set(plan.kernel_extras) else None)
     extras = {name: getattr(out, name) for name in plan.kernel_extras}
     extras.update(_mask_extras(plan, policy, ref_view))
+    if plan.needs_teacher:
+        extras.update(distillation_extras(own, *teacher, batch, plan.teacher, impl=impl))
     if "kl_estimate" in plan.computed_labels:
         labels["kl_estimate"] = mismatched_kl_estimate(policy, reference, batch, impl=impl)
     if plan.needs_guide:

@@ -31,24 +31,29 @@ DATA = REPO / "experiments" / "data"
 EXPERIMENT = str(pathlib.Path(__file__).with_name("registry_experiment.py"))
 SAMPLED = sorted(name for name in registered() if make(name).sampling is not None)
 OFFLINE = sorted(name for name in registered() if make(name).sampling is None)
+# Runs that build more models (AlignDistil's DPO and reverse-DPO teachers) train only with --runslow.
+SLOW = {"aligndistil"}
 DATA_FOR = {"pair": "tiny_pref_scored.jsonl", "any": "tiny_pref_scored.jsonl", "single": "tiny_unpaired.jsonl",
             "list": "tiny_ranked.jsonl", "triple": "tiny_ranked.jsonl"}
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A tokenizer trained on the shipped data and a random guide checkpoint (TGDPO)."""
+    """A tokenizer trained on the shipped data and random guide (TGDPO) and teacher (AlignDistil) checkpoints."""
     root = tmp_path_factory.mktemp("registry")
     texts = [line for name in sorted(set(DATA_FOR.values())) for line in (DATA / name).read_text().splitlines()]
     train_tiny_tokenizer(texts, ARCH.vocab_size, root / "tokenizer")
     save_hf(Decoder(ARCH, rngs=nnx.Rngs(7)), str(root / "guide"))
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(8)), str(root / "teacher"))
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(9)), str(root / "teacher_contrast"))
     return root
 
 
 def _train(assets, tmp_path, name, *extra_sets, capsys):
     data = DATA / DATA_FOR[make(name).requires.responses]
     sets = [f"objective={name}", f"data.train={data}", f"model.tokenizer={assets / 'tokenizer'}",
-            f"model.guide={assets / 'guide'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
+            f"model.guide={assets / 'guide'}", f"model.teacher={assets / 'teacher'}",
+            f"model.teacher_contrast={assets / 'teacher_contrast'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
     if data.name == "tiny_pref_scored.jsonl":
         sets.append("data.preference_field=preference")
     argv = ["train", EXPERIMENT]
@@ -71,7 +76,7 @@ def _one_per_declaration(names):
     seen, params = set(), []
     for name in names:
         key = repr(make(name).requires)
-        params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen else name)
+        params.append(pytest.param(name, marks=pytest.mark.slow) if key in seen or name in SLOW else name)
         seen.add(key)
     return params
 
