@@ -38,7 +38,10 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The values a numeric field allows: ``[low, high)`` by default, finite, optionally integer or None."""
+    """The values a numeric field allows: ``[low, high)`` by default, finite, optionally integer or None.
+
+    A tuple field's value is accepted when each of its elements is.
+    """
 
     low: float
     high: float = math.inf
@@ -48,6 +51,8 @@ class Range:
     optional: bool = False
 
     def accepts(self, value: Any) -> bool:
+        if isinstance(value, tuple):
+            return all(self.accepts(v) for v in value)
         if value is None:
             return self.optional
         if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real):
@@ -72,6 +77,9 @@ RANGES: dict[str, Range] = {
     "model.lora_rank": Range(0, integer=True),
     "model.lora_alpha": Range(0, low_open=True),
     "model.score_dim": Range(1, integer=True),
+    "model.reference_soup_weights": Range(0, 1, high_open=False),  # each weight; they sum to 1 (train.soup)
+    "model.teacher_scale": Range(0),
+    "model.teacher_temperature": Range(0, low_open=True),
     "data.max_length": Range(2, integer=True),  # a prompt token and a response token
     "data.max_prompt_length": Range(1, integer=True, optional=True),
     "data.eval_fraction": Range(0, 1),
