@@ -135,7 +135,8 @@ class ModelSection:
         the frozen reference of every objective that reads one
         (``jalign.train.soup``); empty: the reference is the policy's start.
       reference_soup_weights: their mixing weights, non-negative and summing
-        to 1; empty: uniform (SALSA averages two SFT models equally).
+        to 1; empty: uniform (SALSA's soup is the midpoint of two SFT models,
+        the mixing its ICLR 2025 discussion, OpenReview AN6PIiObp0, reports best).
       teacher: AlignDistil's DPO model, a local Hugging Face checkpoint of
         the policy's vocabulary; with ``teacher_contrast`` it builds the
         ``teacher_kl`` / ``teacher_weight`` extras (``jalign.train.teacher_inputs``).
