@@ -16,7 +16,7 @@ from flax import nnx
 from jalign import cli
 from jalign.models import Decoder, save_hf
 from jalign.models.scoring import score
-from jalign.objectives import dpo, simpo
+from jalign.objectives import dpo, online_dpo, simpo
 from jalign.sharding import make_mesh
 from jalign.sharding.mesh import MeshConfig
 from jalign.train.provider import FROZEN, SOUP, RefusedObjective, plan_inputs
@@ -68,6 +68,7 @@ def test_soup_weights_default_uniform_and_checked():
 def test_the_provider_decides_the_soup_reference_once():
     assert plan_inputs(dpo(), data_kind="paired", columns=PAIRED).reference == FROZEN
     assert plan_inputs(dpo(), data_kind="paired", columns=PAIRED, soup=True).reference == SOUP
+    assert plan_inputs(online_dpo(), online=True, soup=True).reference == SOUP
     refusals = [(dpo(), dict(lora=True), "LoRA"), (dpo(), dict(reference_mode="precomputed"), "precomputed"),
                 (simpo(), {}, "reads no reference")]
     for objective, options, message in refusals:
