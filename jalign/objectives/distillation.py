@@ -50,8 +50,9 @@ def aligndistil_loss(teacher_kl: Array, teacher_weight: Array, lp: LogProbs, *, 
     "aligndistil",
     strength="beta",
     citation="Zhang et al. 2025, AlignDistil: Token-Level Language Model Alignment as Adaptive Policy "
-    "Distillation (ACL 2025), Sec. 3 (contrastive DPO reward, token-adaptive logit extrapolation); "
-    "authors' code songmzhang/AlignDistil, aligndistil_offpolicy_trainer.py, reward_boost_type='aligndistil'",
+    "Distillation (ACL 2025): contrastive DPO reward with token-adaptive logit extrapolation, the teacher and "
+    "loss as the authors' code computes them (songmzhang/AlignDistil, aligndistil_offpolicy_trainer.py, "
+    "reward_boost_type='aligndistil'); the paper's equation numbers were not available to check",
     requires=Requirements(responses=PAIR, reference=False, extras=TEACHER_EXTRAS),
 )
 class AlignDistil(Objective):

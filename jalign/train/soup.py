@@ -22,9 +22,11 @@ device or host.
 
 References:
   Chegini et al., *SALSA: Soup-based Alignment Learning for Stronger
-  Adaptation in RLHF*, 2024 (arXiv:2411.01798): the reference of the KL
-  penalty is the weight average of two SFT models trained with different
-  seeds.
+  Adaptation in RLHF*, 2024 (arXiv:2411.01798), abstract and method: the
+  reference of PPO's KL penalty is the weight-space average of two
+  independently fine-tuned SFT models (the paper's method section, with its
+  equation numbers, was not available to check; the uniform default follows
+  the midpoint its OpenReview discussion, forum AN6PIiObp0, reports best).
 """
 
 from __future__ import annotations
