@@ -14,13 +14,23 @@ type of its responses:
   ``"score"`` ``[G]``. Duplicate responses are allowed (best-of-N samples).
 - ``"unpaired"``: ``{"prompt", "completion", "label": bool}`` (TRL's unpaired
   preference format, thumbs up/down). ``G = 1``; label ``"desirable"`` ``[1]``.
+- ``"joint"``: ``{"prompt_chosen", "chosen", "prompt_rejected", "rejected"}``
+  (strings), a preference between two instruction-response pairs with
+  different instructions (JPO's joint rankings; the authors' data names the
+  responses ``response_chosen`` / ``response_rejected``). ``G = 2``; labels
+  ``"preference"`` and, once tokenised, ``"instruction_length"`` ``[2]``
+  (see :func:`jalign.data.tokenization.tokenize`).
 
 Further labels are read from record fields when an objective declares them
 (:data:`LABEL_FIELDS`): paired records' ``score_chosen`` / ``score_rejected``
 (UltraFeedback's columns) give ``"score"`` ``[2]`` (MADPO's reward-model
 margin, listwise objectives on pairs), and ``other_rewards_chosen`` /
 ``other_rewards_rejected``, lists of ``K`` numbers, give ``"other_rewards"``
-``[2, K]`` (MODPO's other reward models).
+``[2, K]`` (MODPO's other reward models). A paired record's ``semantic_weight`` gives
+``"semantic_weight"`` ``[1]`` (Sem-DPO's per-pair weight). ``aligned_logps_chosen`` /
+``aligned_logps_rejected`` (paired) or ``aligned_logps`` (unpaired), a number
+or a list of ``M``, give ``"aligned_logps"``: aligned models' per-token mean
+log-likelihood of each response (PoFT).
 
 The prompt is implicit only when the data has no ``prompt`` column at all
 (TRL's ``maybe_extract_prompt`` extracts it when ``"prompt" not in example``;
@@ -49,18 +59,23 @@ from jalign.data.fields import (Text, check_response, check_text, finite, get,
                                  probability)
 from jalign.data.validation import DataFileError, Malformed
 
-KINDS = ("paired", "ranked", "unpaired")
+KINDS = ("paired", "ranked", "unpaired", "joint")
 
 # The fields each kind reads (the prompt of a paired file may be implicit).
 KIND_FIELDS = {"paired": ("prompt", "chosen", "rejected"),
                "ranked": ("prompt", "responses", "scores"),
-               "unpaired": ("prompt", "completion", "label")}
+               "unpaired": ("prompt", "completion", "label"),
+               "joint": ("prompt_chosen", "chosen", "prompt_rejected", "rejected")}
 # (kind, label) -> the record fields it is read from, one per response.
 LABEL_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("paired", "score"): ("score_chosen", "score_rejected"),
     ("paired", "other_rewards"): ("other_rewards_chosen", "other_rewards_rejected"),
+    ("paired", "semantic_weight"): ("semantic_weight",),
+    ("paired", "aligned_logps"): ("aligned_logps_chosen", "aligned_logps_rejected"),
+    ("unpaired", "aligned_logps"): ("aligned_logps",),
 }
-_INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",)}
+_INTRINSIC_LABELS = {"paired": ("preference",), "ranked": ("score",), "unpaired": ("desirable",),
+                     "joint": ("preference", "instruction_length")}
 
 
 def intrinsic_labels(kind: str) -> tuple[str, ...]:
@@ -80,6 +95,8 @@ class Example:
       response_fields: the record field each response came from, for errors.
       labels: per-example labels: ``"preference"`` a float scalar,
         ``"score"`` and ``"desirable"`` float32 ``[G]``.
+      prompts: a joint record's own instruction per response (``prompt`` is
+        then empty); ``None`` for the other kinds, whose responses share ``prompt``.
     """
 
     kind: str
@@ -87,6 +104,7 @@ class Example:
     responses: tuple[Text, ...]
     response_fields: tuple[str, ...]
     labels: dict[str, Any]
+    prompts: tuple[Text, ...] | None = None
 
     @property
     def conversational(self) -> bool:
@@ -101,6 +119,8 @@ def detect_kind(columns: Sequence[str], *, source: str = "") -> str:
         suggests a field for a misspelt column (``rejcted``).
     """
     cols = set(columns)
+    if set(KIND_FIELDS["joint"]) <= cols:
+        return "joint"
     if {"responses", "scores"} <= cols:
         return "ranked"
     if {"completion", "label"} <= cols:
@@ -205,7 +225,7 @@ class RecordFormat:
             raise Malformed("unparseable", None,
                             f"expected a mapping; got {type(record).__name__}")
         read = {"paired": self._read_paired, "ranked": self._read_ranked,
-                "unpaired": self._read_unpaired}[self.kind]
+                "unpaired": self._read_unpaired, "joint": self._read_joint}[self.kind]
         example = read(record)
         for key in self.labels:
             example.labels[key] = _field_label(record, LABEL_FIELDS[(self.kind, key)])
@@ -236,6 +256,25 @@ class RecordFormat:
         return Example("paired", prompt, (chosen, rejected),
                        ("chosen", "rejected"),
                        {"preference": np.float32(preference)})
+
+    def _read_joint(self, record: Mapping) -> Example:
+        fields = KIND_FIELDS["joint"]
+        values = [get(record, field) for field in fields]
+        for field, value in zip(fields, values):
+            check_text(value, field, False)  # joint records are strings
+        prompt_chosen, chosen, prompt_rejected, rejected = values
+        if (prompt_chosen, chosen) == (prompt_rejected, rejected):
+            raise Malformed("identical_responses", "rejected",
+                            "the chosen and rejected instruction-response pairs are identical")
+        check_response(chosen, "chosen")
+        check_response(rejected, "rejected")
+        preference = 1.0
+        if self.preference_field is not None:
+            preference = probability(get(record, self.preference_field),
+                                      self.preference_field)
+        return Example("joint", "", (chosen, rejected), ("chosen", "rejected"),
+                       {"preference": np.float32(preference)},
+                       prompts=(prompt_chosen, prompt_rejected))
 
     def _read_ranked(self, record: Mapping) -> Example:
         responses = get(record, "responses")

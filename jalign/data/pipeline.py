@@ -106,7 +106,7 @@ def read_preferences(source: Any, tokenizer: Any, *,
       tokenizer: a Hugging Face tokenizer (``PreTrainedTokenizerFast``); it
         needs a chat template for conversational records.
       tokenization: the length budget and truncation policy.
-      kind: ``"paired"``, ``"ranked"`` or ``"unpaired"``; detected from the
+      kind: ``"paired"``, ``"ranked"``, ``"unpaired"`` or ``"joint"``; detected from the
         source's columns if ``None``.
       preference_field: paired records' soft P(chosen > rejected) field.
       num_responses: ranked lists' ``G``; the first valid record's if ``None``.

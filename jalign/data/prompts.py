@@ -10,6 +10,12 @@ preference pipeline encodes prompts. A prompt longer than
 is counted as truncated. Malformed records raise (naming file, record and
 field) or are counted and skipped, as for preference data.
 
+An objective that samples the dataset's own response (a ``"data"`` source:
+SPIN's SFT target, Chen et al. 2024) reads TRL's prompt-completion format:
+``completion`` as a string or a list holding one assistant message. Its
+text is encoded without special tokens and ends with the tokenizer's EOS, as
+an offline response does.
+
 Every process reads every prompt (a prompt set is small beside what is
 generated from it) and draws the same global batch each step; each process
 then feeds its contiguous share of the batch's rows. The prompts of step
@@ -39,6 +45,7 @@ class Prompt:
     index: int
     text: Text
     tokens: np.ndarray
+    completion: np.ndarray | None = None  # the record's completion token ids (EOS last), when read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +61,37 @@ class PromptData:
         """The prompt of record ``index`` as the record gives it."""
         return self._texts[index]
 
+    def completion(self, index: int) -> np.ndarray:
+        """int32 token ids of record ``index``'s completion (read with ``completions=True``)."""
+        return self._by_index[index].completion
+
     @functools.cached_property
     def _texts(self) -> dict[int, Text]:
         return {p.index: p.text for p in self.prompts}
 
+    @functools.cached_property
+    def _by_index(self) -> dict[int, Prompt]:
+        return {p.index: p for p in self.prompts}
 
-def _read_prompt(record: Any, index: int, tokenizer: Any, max_prompt_length: int) -> tuple[Prompt, bool]:
+
+def _read_completion(record: dict, tokenizer: Any) -> np.ndarray:
+    """The record's completion as token ids ending with EOS; raises ``Malformed``."""
+    value = get(record, "completion")
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+            raise Malformed("wrong_type", "completion", "a conversational completion must be one assistant message")
+        value = value[0].get("content")
+    check_text(value, "completion", False)
+    ids = _encode(tokenizer, [value], "completion", add_special_tokens=False)[0]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    if not ids:
+        raise Malformed("invalid_text", "completion", "the completion encodes to no tokens")
+    return np.asarray(ids, np.int32)
+
+
+def _read_prompt(record: Any, index: int, tokenizer: Any, max_prompt_length: int,
+                 completions: bool = False) -> tuple[Prompt, bool]:
     """One record's prompt and whether it was cut; raises ``Malformed``."""
     if not isinstance(record, dict):
         raise Malformed("wrong_type", None, f"a record must be an object; got {type(record).__name__}")
@@ -72,10 +104,12 @@ def _read_prompt(record: Any, index: int, tokenizer: Any, max_prompt_length: int
     if not ids:
         raise Malformed("invalid_text", "prompt", "the prompt encodes to no tokens")
     cut = len(ids) > max_prompt_length
-    return Prompt(index, value, np.asarray(ids[-max_prompt_length:], np.int32)), cut
+    completion = _read_completion(record, tokenizer) if completions else None
+    return Prompt(index, value, np.asarray(ids[-max_prompt_length:], np.int32), completion), cut
 
 
-def read_prompts(source: Any, tokenizer: Any, *, max_prompt_length: int, on_error: OnError = "raise") -> PromptData:
+def read_prompts(source: Any, tokenizer: Any, *, max_prompt_length: int, on_error: OnError = "raise",
+                 completions: bool = False) -> PromptData:
     """Reads, validates and tokenises every prompt of ``source``.
 
     Args:
@@ -84,20 +118,26 @@ def read_prompts(source: Any, tokenizer: Any, *, max_prompt_length: int, on_erro
       tokenizer: a Hugging Face tokenizer (with a chat template for messages).
       max_prompt_length: most prompt tokens; longer prompts keep their end.
       on_error: ``"raise"`` at the first malformed record or ``"skip"`` and count.
+      completions: also read every record's ``completion`` (TRL's
+        prompt-completion format), for a ``"data"`` sampling source.
 
     Raises:
       MalformedRecordError: a bad record under ``on_error="raise"``.
-      DataFileError: no ``prompt`` column, or no record was kept.
+      DataFileError: no ``prompt`` column (or ``completion`` column when
+        ``completions``), or no record was kept.
     """
     source = open_source(source)
-    if "prompt" not in source.columns:
-        raise DataFileError(source.name, f"prompt-only data needs a 'prompt' field; the records have "
-                                         f"{sorted(source.columns)}")
-    report = SkipReport(source.name, ignored_columns=tuple(c for c in source.columns if c != "prompt"))
+    wanted = ("prompt", "completion") if completions else ("prompt",)
+    for field in wanted:
+        if field not in source.columns:
+            raise DataFileError(source.name, f"{'prompt-completion' if completions else 'prompt-only'} data needs a "
+                                             f"{field!r} field; the records have {sorted(source.columns)}")
+    report = SkipReport(source.name, ignored_columns=tuple(c for c in source.columns if c not in wanted))
     policy = RecordPolicy(on_error, report, source.locate)
     prompts = []
     for index in range(len(source)):
-        read = policy.apply(index, lambda: _read_prompt(source[index], index, tokenizer, max_prompt_length))
+        read = policy.apply(index, lambda: _read_prompt(source[index], index, tokenizer, max_prompt_length,
+                                                        completions))
         if read is None:
             continue
         prompt, cut = read

@@ -152,6 +152,8 @@ def _apply_template(tokenizer: Any, messages: list, field: str, **kwargs) -> str
 def tokenize(example: Example, index: int, tokenizer: Any,
              config: Tokenization) -> TokenizedExample:
     """Encodes and truncates one example; raises ``Malformed`` if it cannot."""
+    if example.prompts is not None:
+        return _tokenize_joint(example, index, tokenizer, config)
     pattern = None if config.parse_special_tokens else _special_pattern(tokenizer)
     if example.conversational and pattern and _mentions(example, pattern):
         prompt, responses = _encode_protected(example, tokenizer, pattern)
@@ -182,6 +184,43 @@ def tokenize(example: Example, index: int, tokenizer: Any,
         prompt=np.asarray(prompt, np.int32),
         responses=tuple(np.asarray(r, np.int32) for r in responses),
         labels=example.labels, truncated=truncated)
+
+
+def _tokenize_joint(example: Example, index: int, tokenizer: Any,
+                    config: Tokenization) -> TokenizedExample:
+    """A joint record (one instruction per response): ids and ``instruction_length``.
+
+    The token prefix the two encoded instructions share is the prompt (the
+    trainer encodes it once); each response slot holds the rest of its own
+    instruction, then its response. ``labels["instruction_length"]`` ``[2]``
+    counts those instruction tokens, which an objective conditions on but
+    does not score. Identical instructions give 0: an ordinary pair.
+    """
+    pattern = None if config.parse_special_tokens else _special_pattern(tokenizer)
+    split = {"split_special_tokens": True} if pattern else {}
+    prompts = _encode(tokenizer, list(example.prompts), ("prompt_chosen", "prompt_rejected"),
+                      add_special_tokens=True, **split)
+    responses = _encode(tokenizer, list(example.responses), example.response_fields,
+                        add_special_tokens=False, **split)
+    if config.add_eos and tokenizer.eos_token_id is not None:
+        responses = [r + [tokenizer.eos_token_id] for r in responses]
+    for field, response in zip(example.response_fields, responses):
+        if not response:
+            raise Malformed("empty_response", field, "the response encodes to no tokens")
+    shared = 0
+    while shared < min(map(len, prompts)) and prompts[0][shared] == prompts[1][shared]:
+        shared += 1
+    starts = [len(p) - shared for p in prompts]
+    slots = [p[shared:] + r for p, r in zip(prompts, responses)]
+    prompt, slots, truncated = _truncate(prompts[0][:shared], slots, example.response_fields, config)
+    for field, slot, start in zip(example.response_fields, slots, starts):
+        if len(slot) <= start:
+            raise Malformed("too_long", field, f"truncation to max_length {config.max_length} "
+                            f"left none of its tokens after {start} instruction tokens")
+    labels = {**example.labels, "instruction_length": np.asarray(starts, np.float32)}
+    return TokenizedExample(index=index, prompt=np.asarray(prompt, np.int32),
+                            responses=tuple(np.asarray(s, np.int32) for s in slots),
+                            labels=labels, truncated=truncated)
 
 
 def _encode(tokenizer: Any, texts: list[str], fields: str | Sequence[str],

@@ -13,6 +13,7 @@ from jalign.objectives.margin import MarginObjective
 from jalign.objectives.anchored import (
     APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
 )
+from jalign.objectives.dispreference import D2O as d2o
 from jalign.objectives.distillation import AlignDistil as aligndistil
 from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
@@ -24,6 +25,7 @@ from jalign.objectives.gpo import (
     GPOSavage as gpo_savage, GPOSquared as gpo_squared,
     GPOTruncatedQuadratic as gpo_truncated_quadratic, SLiC as slic,
 )
+from jalign.objectives.literature_pairwise import IFT as ift, JPO as jpo, MaPO as mapo, SemDPO as sem_dpo
 from jalign.objectives.listwise import (
     CurryDPO as curry_dpo, LiPOLambda as lipo_lambda, LiPOSoftmax as lipo_softmax, ListMLE as list_mle,
 )
@@ -32,6 +34,7 @@ from jalign.objectives.online import (
     OnlineDPO as online_dpo, OnlineIPO as online_ipo, SPPO as sppo,
 )
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
+from jalign.objectives.poft import PoFT as poft
 from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
 from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
@@ -39,6 +42,9 @@ from jalign.objectives.reference_free import (
 )
 from jalign.objectives.robust import LCPO as lcpo, RDPO as rdpo
 from jalign.objectives.sft import SFT as sft
+from jalign.objectives.selfplay import (
+    CREAM as cream, DatasetReset as dataset_reset, SELM as selm, SPIN as spin, XPO as xpo,
+)
 from jalign.objectives.token_level import SparsePO as sparsepo, TDPO1 as tdpo1, TDPO2 as tdpo2, TGDPO as tgdpo
 from jalign.objectives.unpaired import BCO as bco, BCOPair as bco_pair, KTO as kto, NPO as npo
 from jalign.objectives.weighted import (
@@ -48,13 +54,16 @@ from jalign.objectives.weighted import (
 from jalign.objectives.registry import make, objective, parse, registered
 
 OBJECTIVES = (
-    "aligndistil", "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
+    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
     "curry_dpo", "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpm",
     "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
     "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
     "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
     "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
     "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
+    "d2o", "ift", "jpo", "mapo", "poft", "sem_dpo",
+    "spin", "selm", "xpo", "cream", "dataset_reset",
+    "aligndistil",
 )
 
 __all__ = [

@@ -14,6 +14,8 @@ Known label keys (objectives declare which they need):
 - ``"score"`` ``[B, G]``: scalar quality of each response (listwise, reward).
 - ``"desirable"`` ``[B, G]``: 1 for a thumbs-up response, 0 for thumbs-down.
 - ``"other_rewards"`` ``[B, G, K]``: rewards from K other reward models (MODPO).
+- ``"aligned_logps"`` ``[B, G, M]`` (or ``[B, G]``): each of M aligned models'
+  length-normalised log-likelihood of each response (PoFT's baselines).
 - ``"guide_log_ratio"`` ``[B, G, T]``: a guide policy's per-token log-ratio against
   the reference (TGDPO's token rewards are beta times it).
 - ``"kl_estimate"`` ``[B]`` or scalar: log-ratio of a completion from another

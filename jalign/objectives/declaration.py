@@ -126,7 +126,8 @@ MIXTURE = "mixture"  # the token-level geometric mixture pi^(1-b) ref^b
 PREVIOUS = "previous"  # a frozen previous iterate pi_t
 EXTRAPOLATED = "extrapolated"  # the policy after an extragradient half-step of the same objective
 UNIFORM = "uniform"  # any full-support distribution (uniform in tabular)
-SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM)
+DATA = "data"  # the dataset's own response to the prompt (SPIN's SFT target), not a model
+SOURCES = (POLICY, REFERENCE, MIXTURE, PREVIOUS, EXTRAPOLATED, UNIFORM, DATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,11 @@ class Sampling:
         declaration attached to a class this is the *name* of the
         hyperparameter holding it; an instance's ``sampling`` property
         resolves it to the value (``None`` when no source is a mixture).
+      reset: the probability that a prompt's generation is reset to a state
+        of the dataset's response (DR-PO's dataset reset, Chang et al.
+        2024): the prompt plus the first ``h`` tokens of its completion,
+        ``h`` uniform in ``1 .. len - 1``; the responses are the
+        continuations. 0: generation starts at the prompt.
     """
 
     responses: tuple[str, ...]
@@ -151,6 +157,7 @@ class Sampling:
     opponent: str | None = None
     reference: str = REFERENCE
     mixture: object = "mixture"
+    reset: float = 0.0
 
     def __post_init__(self):
         unknown = sorted(set(self.sources()) - set(SOURCES))
@@ -171,7 +178,7 @@ class Sampling:
         """
         drawn = self.responses + ((self.opponent,) if self.opponent else ())
         scored = () if self.reference == REFERENCE else (self.reference,)
-        return tuple(dict.fromkeys(s for s in drawn + scored if s != UNIFORM))
+        return tuple(dict.fromkeys(s for s in drawn + scored if s not in (UNIFORM, DATA)))
 
     def describe(self) -> str:
         parts = [f"responses from {' and '.join(self.responses)}"]
@@ -181,4 +188,6 @@ class Sampling:
             parts.append("judge labels " + ", ".join(self.labels))
         if self.reference != REFERENCE:
             parts.append(f"reference slot = {self.reference}")
+        if self.reset:
+            parts.append(f"generation reset to a prefix of the dataset's response with probability {self.reset}")
         return "; ".join(parts)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from jalign.objectives import LogProbs, Objective
-from jalign.objectives.declaration import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM, Sampling
+from jalign.objectives.declaration import DATA, EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM, Sampling
 from jalign.tabular import feeding
 from jalign.tabular.games import Game, win_probs
 from jalign.tabular.policies import Array, geometric_mixture, log_policy, uniform
@@ -38,12 +38,15 @@ from jalign.tabular.policies import Array, geometric_mixture, log_policy, unifor
 class Policies(NamedTuple):
     """The log-policies a batch can be drawn from, each ``[C, K]``.
 
-    ``current`` carries the gradient; the others are constants.
+    ``current`` carries the gradient; the others are constants. ``data`` is
+    the dataset's response distribution (a ``"data"`` source: SPIN's SFT
+    target), ``None`` unless an objective samples from it.
     """
 
     current: Array
     previous: Array
     extrapolated: Array
+    data: Array | None = None
 
 
 def sampling_of(objective: Objective) -> Sampling | None:
@@ -66,6 +69,8 @@ def source_logps(source: str, objective: Objective, game: Game, policies: Polici
         return jax.lax.stop_gradient(policies.extrapolated)
     if source == UNIFORM:
         return uniform(game.num_contexts, game.num_actions)
+    if source == DATA:
+        return policies.data
     raise ValueError(f"unknown sampling source {source!r}")
 
 
@@ -104,7 +109,9 @@ def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Arr
       objective: any objective; online ones declare ``sampling``.
       game: the preference game (``P``, reference, contexts).
       policies: current (with gradient), previous and extrapolated log-policies.
-      data: for offline objectives, a ``[C, K, K]`` chosen-first pair distribution
+      data: for an online objective with a ``"data"`` source, the ``[C, K]``
+        conditional distribution of the dataset's response to each context;
+        for offline objectives, a ``[C, K, K]`` chosen-first pair distribution
         (``labels["preference"]`` is then ``P``), a ``[C, K]`` response or
         ``[C, K, ..., K]`` listwise distribution, or a function of the current
         log-policy (no gradient) returning one: an offline objective fed on-policy
@@ -113,6 +120,14 @@ def batch_for(objective: Objective, game: Game, policies: Policies, *, data: Arr
       key, batch_size: draw ``batch_size`` i.i.d. examples instead of the population.
     """
     if sampling_of(objective) is not None:
+        if sampling_of(objective).reset:
+            raise ValueError(f"{objective.name} resets generation to prefixes of the dataset's responses; a tabular "
+                             "response is one action, with no prefix to reset to")
+        if DATA in sampling_of(objective).sources():
+            if data is None:
+                raise ValueError(f"{objective.name} samples the dataset's responses: pass data=, the [C, K] "
+                                 "distribution of the dataset's response to each context")
+            policies = policies._replace(data=jnp.log(jnp.asarray(data, jnp.float32)))
         distribution, labels, log_reference = _online_distribution(objective, game, policies)
     elif data is None:
         raise ValueError(f"{objective.name} is offline: pass data=, a distribution over responses, pairs or lists")
@@ -173,7 +188,8 @@ def train(objective: Objective, game: Game, logits: Array, optimizer: optax.Grad
       optimizer: an optax transformation (its learning rate may be traced).
       steps: number of steps (static).
       data: offline distribution over responses, pairs or lists (or a function of
-        the current log-policy returning one), for offline objectives.
+        the current log-policy returning one), for offline objectives; the
+        ``[C, K]`` dataset response distribution for a ``"data"`` source (SPIN).
       labels: extra offline labels indexed like ``data``.
       key: PRNG key: sample mini-batches of ``batch_size``; ``None`` for exact populations.
       inner_steps: steps per previous-iterate refresh (static).

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jalign.data import Tokenization, Truncation, open_source
+from jalign.data.reward_augmented import RewardAugmented
 from jalign.data.source_base import Source
 from jalign.kernels import LogprobImpl
 from jalign.models import ModelConfig, RematPolicy
@@ -202,7 +203,7 @@ class DataSection:
         file, a ``datasets`` directory (``save_to_disk``), or
         ``tfds:NAME/SPLIT`` for a prepared TFDS dataset (its data directory
         from ``TFDS_DATA_DIR``).
-      kind: "paired", "ranked" or "unpaired"; None detects it from the columns.
+      kind: "paired", "ranked", "unpaired" or "joint"; None detects it from the columns.
       preference_field: a paired record's soft P(chosen > rejected) field.
       max_length: most tokens of prompt plus the longest response.
       max_prompt_length: most prompt tokens (None: only ``max_length``).
@@ -222,10 +223,17 @@ class DataSection:
         holding a ``DatasetDict`` (None for a saved ``Dataset``).
       eval_split: the split of ``eval`` when it is such a directory; with
         ``eval`` empty, that split of ``train``'s directory is the eval set.
+      reward_augmented: None, or "system" / "prompt": train on the
+        reward-augmented data of Zhang et al. 2024 (each paired record twice,
+        conditioned on its ``score_chosen`` and, reversed, on its
+        ``score_rejected``; ``jalign.data.reward_augmented``), the target score
+        as a system message or prepended to the prompt. A separate
+        ``eval`` file is read as it is; ``eval_fraction`` holds out
+        augmented records.
     """
 
     train: str = ""
-    kind: Literal["paired", "ranked", "unpaired"] | None = None
+    kind: Literal["paired", "ranked", "unpaired", "joint"] | None = None
     preference_field: str | None = None
     max_length: int = Tokenization.max_length
     max_prompt_length: int | None = None
@@ -237,10 +245,12 @@ class DataSection:
     shards: int | None = None
     split: str | None = None
     eval_split: str | None = None
+    reward_augmented: Literal["system", "prompt"] | None = None
 
     def open_train(self) -> Source:
-        """The training records' source (``jalign.data.open_source`` of ``train`` with ``split``)."""
-        return open_source(self.train, split=self.split)
+        """The training records' source (``open_source`` of ``train`` and ``split``), reward-augmented if asked."""
+        source = open_source(self.train, split=self.split)
+        return source if self.reward_augmented is None else RewardAugmented(source, self.reward_augmented)
 
     def open_eval(self) -> Source | None:
         """The held-out records' source, or None without a separate eval set (``eval_fraction`` may hold one out)."""

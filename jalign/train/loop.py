@@ -35,6 +35,7 @@ from jalign.train.config import Experiment
 from jalign.train.metric_window import MetricWindow
 from jalign.train.metrics_log import MetricsWriter, Progress
 from jalign.train.mfu import device_peak, train_flops_per_token
+from jalign.train.dataset_responses import prompt_columns
 from jalign.train.online import Rollout
 from jalign.train.optim import make_optimizer, optimizer_updates
 from jalign.train.reference import precompute_reference
@@ -164,7 +165,8 @@ def plan_for(exp: Experiment) -> Plan:
             raise ValueError(f"set either data.train (offline training) or online.prompts (generation in the "
                              f"loop), not both; got data.train={exp.data.train!r}, online.prompts={exp.online.prompts!r}")
         return plan_inputs(exp.objective, reference_mode=exp.train.reference, lora=exp.model.lora_rank > 0,
-                           metric_extras=exp.train.extras, online=True, soup=bool(exp.model.reference_soup))
+                           metric_extras=exp.train.extras, online=True, columns=prompt_columns(exp),
+                           soup=bool(exp.model.reference_soup))
     source = exp.data.open_train()
     kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,

@@ -13,7 +13,12 @@ batch of ``B`` prompts, :class:`Rollout`:
    iterate. A ``"uniform"`` slot (Nash-MD's and EGPO's full-support ``mu``)
    is served by the policy's own samples: for a fixed opponent any
    full-support ``mu`` has the same minimiser, ``pi ∝ ref exp(P(. ≻ opp)/beta)``,
-   since the regression is solved exactly there, pair by pair;
+   since the regression is solved exactly there, pair by pair. A ``"data"``
+   slot (SPIN's SFT target) is the prompt record's own ``completion``, cut
+   to ``online.max_new_tokens``; nothing is generated for it. Under a
+   dataset reset (``Sampling.reset``, DR-PO) each prompt is first extended by
+   a prefix of its record's completion (:mod:`jalign.train.dataset_responses`)
+   and every draw continues from there;
 3. decodes them and asks the judge: ``P(y_0 ≻ y_1)`` for ``"preference"``,
    and for ``"win_prob"`` each response against ``online.win_samples`` (K)
    opponents drawn per prompt from the declared opponent source, averaged
@@ -44,13 +49,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jalign.data.collate import bucket_lengths
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
 from jalign.models import load_hf, lora
 from jalign.models.sampling import Generation, SamplingConfig, sample
 from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
-from jalign.objectives.declaration import EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
+from jalign.objectives.declaration import DATA, EXTRAPOLATED, MIXTURE, POLICY, PREVIOUS, REFERENCE, UNIFORM
 from jalign.sharding import activate
+from jalign.train.dataset_responses import (
+    completion_responses, extended_prompts, judged_texts, prefix_lengths, samples_dataset,
+)
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.judges import FunctionJudge, Judge, ModelJudge
 from jalign.train.provider import LORA_BASE, Plan
@@ -59,7 +68,7 @@ from jalign.train.step import FrozenModels, TrainState, make_half_step
 SERVED = {UNIFORM: POLICY}  # the source that serves a declared one, where they differ
 
 # Salts folded into the step's key, one per draw, so no two draws share randomness.
-_SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT = 1, 101, 102, 201
+_SLOT_SALT, _OPPONENT_SALT, _HALF_OPPONENT_SALT, _MEASURE_SALT, _RESET_SALT = 1, 101, 102, 201, 301
 
 
 class OnlineConfigError(ValueError):
@@ -142,7 +151,8 @@ class Rollout:
         online = exp.online
         self.plan, self.sampling, self.tokenizer, self.mesh = plan, plan.sampling, tokenizer, mesh
         self.prompts: PromptData = read_prompts(online.prompts, tokenizer, max_prompt_length=online.max_prompt_length,
-                                                on_error=online.on_error)
+                                                on_error=online.on_error,
+                                                completions=samples_dataset(self.sampling))
         self.batch_size = exp.train.batch_size
         self.iterator = iter(prompt_batches(self.prompts, batch_size=self.batch_size, seed=exp.train.seed,
                                             shuffle=exp.data.shuffle))
@@ -169,6 +179,9 @@ class Rollout:
                 with activate(mesh, rules):
                     return half(*args)
             self._half = jax.jit(half_under_rules)
+        self._prefixes = None  # this step's roll-in prefixes under a dataset reset (DR-PO), else None
+        self._reset_buckets = bucket_lengths(self.prompts.max_prompt_length + max(
+            (len(p.completion) for p in self.prompts.prompts if p.completion is not None), default=0))
         self._times = {"generate": 0.0, "judge": 0.0, "update": 0.0}
         self._generated = {"tokens": 0, "responses": 0, "stopped": 0}
         self._timed_tokens = 0  # tokens generated since the times were last cleared (for tokens/s)
@@ -191,13 +204,33 @@ class Rollout:
         lengths = mask.sum(-1)
         last = np.take_along_axis(tokens, np.maximum(lengths - 1, 0)[..., None], -1)[..., 0]
         stopped = (lengths > 0) & np.isin(last, self.stops)
-        texts = [[self._decode(tokens[i, c, :lengths[i, c] - int(stopped[i, c])]) for c in range(copies)]
-                 for i in range(b)]
+        if self._prefixes is not None:  # a dataset reset: the judge reads the roll-in and the continuation
+            texts = judged_texts(tokens, mask, stopped, self._prefixes, self._decode)
+        else:
+            texts = [[self._decode(tokens[i, c, :lengths[i, c] - int(stopped[i, c])]) for c in range(copies)]
+                     for i in range(b)]
         self._generated["tokens"] += int(lengths.sum())
         self._timed_tokens += int(lengths.sum())
         self._generated["responses"] += lengths.size
         self._generated["stopped"] += int(stopped.sum())
         return Drawn(tokens, mask, texts, stopped)
+
+    def dataset_responses(self, prompts: dict, copies: int) -> Drawn:
+        """Each prompt record's own completion, ``copies`` times, cut to ``online.max_new_tokens`` (its start kept)."""
+        return Drawn(*completion_responses(self.prompts, prompts["record_index"], copies, self._max_new_tokens,
+                                           self.stops, self._decode))
+
+    def reset(self, state: TrainState, prompts: dict) -> tuple[dict, list[np.ndarray]]:
+        """The prompts extended by roll-in prefixes of their completions, and the prefixes (DR-PO's reset).
+
+        The roll-in lengths derive from the train state's RNG, so a resumed run draws the same ones.
+        """
+        key = np.asarray(gathered(jax.random.key_data(jax.random.fold_in(state.rng, _RESET_SALT)))).ravel()
+        completions = [self.prompts.completion(int(i)) for i in prompts["record_index"]]
+        lengths = prefix_lengths([len(c) for c in completions], self.sampling.reset,
+                                 np.random.default_rng(key.tolist()))
+        prefixes = [c[:h] for c, h in zip(completions, lengths)]
+        return extended_prompts(prompts, prefixes, self.prompts.pad_id, self._reset_buckets), prefixes
 
     def _decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
@@ -238,10 +271,19 @@ class Rollout:
         if self.plan.needs_previous and (step - 1) % self.iteration_steps == 0:
             state = self._refresh(state)
         prompts = next(self.iterator)
+        if self.sampling.reset:
+            prompts, self._prefixes = self.reset(state, prompts)
+        try:
+            return self._rollout(state, frozen, prompts, objective)
+        finally:
+            self._prefixes = None
+
+    def _rollout(self, state: TrainState, frozen: FrozenModels, prompts: dict, objective) -> tuple[TrainState, dict]:
         device_prompts = {k: jnp.asarray(v) for k, v in prompts.items() if k != "record_index"}
         started = time.perf_counter()
         groups = _slot_groups(self.sampling.responses)
-        drawn = {source: self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n)
+        drawn = {source: (self.dataset_responses(prompts, len(slots)) if source == DATA else
+                          self.draw(state, frozen, device_prompts, objective, source, len(slots), _SLOT_SALT + n))
                  for n, (source, slots) in enumerate(groups.items())}
         responses = _in_slot_order(drawn, groups)
         texts = self._prompt_texts(prompts)

@@ -42,7 +42,7 @@ from jalign.models.preference_heads import preference_scores
 from jalign.models.scoring import Responses, encode_responses, frozen, token_logprobs
 from jalign.objectives import LogProbs, Objective
 from jalign.objectives.declaration import (
-    ANY, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
+    ANY, DATA, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
 )
 from jalign.objectives.distillation import TEACHER_EXTRAS
 from jalign.train.teacher_inputs import Teacher, distillation_extras
@@ -58,7 +58,7 @@ PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iter
 KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
 # Kernel extras computed against the reference model's next-token distribution.
 REFERENCE_KERNEL_EXTRAS = ("ref_kl", "policy_kl")
-_DATA_KINDS = {PAIR: ("paired",), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
+_DATA_KINDS = {PAIR: ("paired", "joint"), SINGLE: ("unpaired",), TRIPLE: ("ranked",), LIST: ("ranked", "paired"),
                ANY: ("paired", "ranked", "unpaired")}
 
 
@@ -159,7 +159,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
       guide: whether a guide model is configured (``model.guide``).
       metric_extras: kernel extras wanted for metrics only (``train.extras``).
       online: the run generates its responses (``online.prompts`` is set);
-        ``data_kind`` and ``columns`` are then unused.
+        ``data_kind`` is then unused and ``columns`` are the prompt file's.
       soup: the reference is a soup of checkpoints (``model.reference_soup``).
       teacher: AlignDistil's teacher, when ``model.teacher`` and
         ``model.teacher_contrast`` are both set; else None.
@@ -170,7 +170,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     name, needs, sampling = objective.name, objective.requires, objective.sampling
     if online:
         return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras,
-                            soup=soup)
+                            columns=columns, soup=soup)
     if sampling is not None:
         raise RefusedObjective(
             f"{name}: its responses are sampled during training ({sampling.describe()}; from "
@@ -182,6 +182,10 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
         wanted = " or ".join(_DATA_KINDS[needs.responses])
         missing.append(f"{needs.responses} responses: the data is {data_kind}; give {wanted} data "
                        "(see the README's data formats)")
+    if data_kind == "joint" and "instruction_length" not in needs.labels:
+        missing.append("joint data (each response answers its own instruction): the objective would score "
+                       "the instruction tokens as response; use one that reads labels['instruction_length'] "
+                       "(jpo), or paired data")
     own_extras = set(needs.extras)
     # A pure preference-model objective computes no log-probs, so there are no kernel metrics to add.
     metric_only = [e for e in metric_extras if e not in own_extras] if needs.logprobs else []
@@ -216,7 +220,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
                                "reference are the token rewards")
         else:
             where = [f"{kind} records' {fields}" for (kind, label), fields in LABEL_FIELDS.items() if label == key]
-            where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired") if key in intrinsic_labels(kind)]
+            where += [f"{kind} data" for kind in ("paired", "ranked", "unpaired", "joint") if key in intrinsic_labels(kind)]
             missing.append(f"labels[{key!r}]: not in {data_kind} data" + (f"; provide {' or '.join(where)}"
                                                                            if where else ""))
     uses_reference_model = (bool(set(REFERENCE_KERNEL_EXTRAS) & set(kernel_extras)) or ("kl_estimate" in computed)
@@ -243,7 +247,7 @@ def _response_count_fits(responses: str, count: int) -> bool:
 
 
 def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str],
-                 soup: bool = False) -> Plan:
+                 columns: Sequence[str] = (), soup: bool = False) -> Plan:
     """The plan of a run that generates its responses (``online.prompts``), or a refusal naming what is missing.
 
     The judge labels what the declaration lists (``preference``,
@@ -264,6 +268,7 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
         missing.append(f"responses={needs.responses!r}: the sampling declaration draws {count} per prompt")
     if EXTRAPOLATED in sampling.responses:
         missing.append("responses drawn from the extrapolated policy: the loop draws only win-rate opponents from it")
+    missing += _dataset_response_missing(sampling, columns)
     if "preference" in sampling.labels and count != 2:
         missing.append(f"labels['preference']: a judge compares two responses; the declaration draws {count}")
     computed = []
@@ -294,6 +299,18 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
                 computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
                 sampling=dataclasses.replace(sampling, mixture=None),
                 reference_slot=PREVIOUS if sampling.reference == PREVIOUS else REFERENCE)
+
+
+def _dataset_response_missing(sampling: Sampling, columns: Sequence[str]) -> list[str]:
+    """What a ``"data"`` response source or a dataset reset lacks: the prompt file's ``completion`` field."""
+    wants = ([f"responses from the dataset ({DATA!r} source)"] if DATA in sampling.responses else []) + (
+        ["generation reset to prefixes of the dataset's responses (dataset_reset)"] if sampling.reset else [])
+    if DATA in sampling.responses and sampling.reset:
+        return [f"a {DATA!r} response slot under a dataset reset: the dataset's response is the state reset to"]
+    if not wants or "completion" in columns:
+        return []
+    return [f"{' and '.join(wants)}: online.prompts has no 'completion' field (its fields: {sorted(columns)}); "
+            "give TRL's prompt-completion format, {prompt, completion} per record"]
 
 
 def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> tuple[jax.Array | None, Responses | None]:

@@ -36,9 +36,12 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "desirable": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
         "other_rewards": rng.normal(size=(batch, g, 2)),
         "guide_log_ratio": rng.normal(size=shape),
+        "aligned_logps": -rng.uniform(0.1, 3.0, size=(batch, g, 3)),
         "kl_estimate": rng.normal(size=(batch,)),
         "win_prob": rng.uniform(0, 1, size=(batch, g)),
         "previous_logps": policy.sum(-1) + rng.normal(size=(batch, g)),
+        "semantic_weight": rng.uniform(0, 1, size=(batch,)),
+        "instruction_length": rng.integers(0, 2, size=(batch, g)).astype(np.float32),
     }
     extras = {
         "ref_kl": rng.uniform(0, 2, size=shape),

@@ -109,7 +109,8 @@ def test_every_registered_objective_declares_a_real_strength_field(name):
 
 
 def test_every_online_objective_declares_sampling_and_offline_ones_none():
-    online = {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo"}
+    online = {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo",
+              "spin", "selm", "xpo", "cream", "dataset_reset"}
     for name in registered():
         sampling = make(name).sampling
         assert (sampling is not None) == (name in online), name

@@ -46,6 +46,7 @@ MARGIN_LOSSES = {
     "online_ipo": (dict(tau=0.2), lambda h, y: ipo_regression_loss(h, y["preference"] - 0.5, tau=0.2)),
     "ipo_md": (dict(tau=0.2, mixture=0.3), lambda h, y: ipo_regression_loss(h, y["preference"] - 0.5, tau=0.2)),
     "online_dpo": (dict(beta=0.3), lambda h, y: dpo_loss(h, beta=0.3, label_smoothing=1.0 - y["preference"])),
+    "sem_dpo": (dict(beta=0.3), lambda h, y: y["semantic_weight"] * dpo_loss(h, beta=0.3)),
 }
 
 CASES = [(name, average) for name in MARGIN_LOSSES for average in (False, True)
