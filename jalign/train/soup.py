@@ -79,9 +79,7 @@ def load_soup(directories: Sequence[str], weights: Sequence[float], like: nnx.St
     weights = soup_weights(directories, weights)
     shardings = _values(state_shardings(like, mesh, rules))
     targets = _values(like)
-    accumulate = jax.jit(lambda acc, new, w: {p: acc[p] + w * jnp.asarray(new[p], jnp.float32) for p in acc},
-                         donate_argnums=0)
-    total, covered = None, None
+    total, covered, accumulate = None, None, None
     for directory, weight in zip(directories, weights):
         loaded = _values(nnx.state(load_hf(directory, mesh=mesh, rules=rules, **(precision or {})), nnx.Param))
         for path, value in loaded.items():
@@ -90,11 +88,13 @@ def load_soup(directories: Sequence[str], weights: Sequence[float], like: nnx.St
                 raise ValueError(f"model.reference_soup {directory}: parameter {'.'.join(map(str, path))} "
                                  f"{tuple(value.shape)} does not fit the policy's {shape}")
         if covered is None:
-            covered = sorted(loaded)
-            zeros = jax.jit(lambda: {p: jnp.zeros(targets[p].shape, jnp.float32) for p in covered},
-                            out_shardings={p: shardings[p] for p in covered})
-            total = zeros()
-        elif sorted(loaded) != covered:
+            covered = set(loaded)
+            into = {p: shardings[p] for p in covered}   # the accumulator lives in the reference's shardings
+            total = jax.jit(lambda: {p: jnp.zeros(targets[p].shape, jnp.float32) for p in covered},
+                            out_shardings=into)()
+            accumulate = jax.jit(lambda acc, new, w: {p: acc[p] + w * jnp.asarray(new[p], jnp.float32) for p in acc},
+                                 out_shardings=into, donate_argnums=0)
+        elif set(loaded) != covered:
             raise ValueError(f"model.reference_soup {directory}: holds other parameters than {directories[0]}")
         total = accumulate(total, loaded, np.float32(weight))
         del loaded
