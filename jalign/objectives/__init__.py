@@ -14,6 +14,7 @@ from jalign.objectives.anchored import (
     APODown as apo_down, APOZero as apo_zero, NCA as nca, SPPOHard as sppo_hard,
 )
 from jalign.objectives.dispreference import D2O as d2o
+from jalign.objectives.distillation import AlignDistil as aligndistil
 from jalign.objectives.distributional import (
     AOTPaired as aot_paired, AOTUnpaired as aot_unpaired, DiscoPOP as discopop, EXO as exo,
     EXOReward as exo_reward,
@@ -70,6 +71,7 @@ OBJECTIVES = (
     "copg", "grao", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
     "spin", "selm", "xpo", "cream", "dataset_reset",
     "multi_reward", "rsf",
+    "aligndistil",
 )
 
 __all__ = [

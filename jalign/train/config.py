@@ -30,6 +30,7 @@ from jalign.models import ModelConfig, RematPolicy
 from jalign.objectives import Objective, Scaled, dpo
 from jalign.sharding import MeshConfig
 from jalign.train.optim import OptimizerConfig
+from jalign.train.teacher_inputs import Teacher
 
 
 class ConfigError(ValueError):
@@ -38,7 +39,10 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The values a numeric field allows: ``[low, high)`` by default, finite, optionally integer or None."""
+    """The values a numeric field allows: ``[low, high)`` by default, finite, optionally integer or None.
+
+    A tuple field's value is accepted when each of its elements is.
+    """
 
     low: float
     high: float = math.inf
@@ -48,6 +52,8 @@ class Range:
     optional: bool = False
 
     def accepts(self, value: Any) -> bool:
+        if isinstance(value, tuple):
+            return all(self.accepts(v) for v in value)
         if value is None:
             return self.optional
         if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real):
@@ -72,6 +78,9 @@ RANGES: dict[str, Range] = {
     "model.lora_rank": Range(0, integer=True),
     "model.lora_alpha": Range(0, low_open=True),
     "model.score_dim": Range(1, integer=True),
+    "model.reference_soup_weights": Range(0, 1, high_open=False),  # each weight; they sum to 1 (train.soup)
+    "model.teacher_scale": Range(0),
+    "model.teacher_temperature": Range(0, low_open=True),
     "data.max_length": Range(2, integer=True),  # a prompt token and a response token
     "data.max_prompt_length": Range(1, integer=True, optional=True),
     "data.eval_fraction": Range(0, 1),
@@ -122,6 +131,22 @@ class ModelSection:
       guide: a local Hugging Face checkpoint of a guide policy, for objectives
         whose labels it computes (TGDPO's token rewards: the guide's per-token
         log-ratio against the reference).
+      reference_soup: SALSA's reference: local Hugging Face checkpoints (two or
+        more SFT models of the policy's architecture) whose weight average is
+        the frozen reference of every objective that reads one
+        (``jalign.train.soup``); empty: the reference is the policy's start.
+      reference_soup_weights: their mixing weights, non-negative and summing
+        to 1; empty: uniform (SALSA's soup is the midpoint of two SFT models,
+        the mixing its ICLR 2025 discussion, OpenReview AN6PIiObp0, reports best).
+      teacher: AlignDistil's DPO model, a local Hugging Face checkpoint of
+        the policy's vocabulary; with ``teacher_contrast`` it builds the
+        ``teacher_kl`` / ``teacher_weight`` extras (``jalign.train.teacher_inputs``).
+      teacher_contrast: AlignDistil's reverse-DPO model (trained with chosen
+        and rejected swapped), likewise.
+      teacher_scale: the teacher's token-adaptive extrapolation scale (the
+        authors' ``beta2``; 10 in their UltraFeedback script).
+      teacher_temperature: the teacher's temperature (the authors'
+        ``kd_temperature``, default 1).
       score_dim: the preference-embedding dimension of a general preference
         model's head (``gpm``; even), or the number of attributes of a
         multi-objective reward head (``multi_reward``). Reward and pairwise
@@ -145,10 +170,22 @@ class ModelSection:
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     guide: str | None = None
+    reference_soup: tuple[str, ...] = ()
+    reference_soup_weights: tuple[float, ...] = ()
+    teacher: str | None = None
+    teacher_contrast: str | None = None
+    teacher_scale: float = 10.0
+    teacher_temperature: float = 1.0
     score_dim: int = 2
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     remat: RematPolicy | None = None
+
+    def teacher_spec(self) -> Teacher | None:
+        """AlignDistil's teacher when both of its models are set, else None."""
+        if self.teacher is None or self.teacher_contrast is None:
+            return None
+        return Teacher(scale=self.teacher_scale, temperature=self.teacher_temperature)
 
     def precision(self) -> dict[str, str]:
         """The `ModelConfig` fields this section sets for precision and memory (those that are not None)."""

@@ -40,7 +40,8 @@ from jalign.train.online import Rollout
 from jalign.train.optim import make_optimizer, optimizer_updates
 from jalign.train.reference import precompute_reference
 from jalign.train.run_config import check_and_save
-from jalign.train.provider import FROZEN, LORA_BASE, PRECOMPUTED, Plan, plan_inputs
+from jalign.train.provider import FROZEN_MODELS, LORA_BASE, PRECOMPUTED, SOUP, Plan, plan_inputs
+from jalign.train.soup import load_soup, soup_weights
 from jalign.train.evaluation import aggregate, make_eval_step
 from jalign.train.generations import EvalGenerations
 from jalign.train.hosts import device_batch, gathered, process_rows
@@ -157,27 +158,32 @@ def build_model(exp: Experiment, plan: Plan | None, mesh, rules) -> tuple[nnx.Mo
 
 def plan_for(exp: Experiment) -> Plan:
     """The provider's plan for ``exp`` (refuses before any model is built or compiled)."""
+    if exp.model.reference_soup or exp.model.reference_soup_weights:
+        soup_weights(exp.model.reference_soup, exp.model.reference_soup_weights)
     if exp.online.enabled:
         if exp.data.train:
             raise ValueError(f"set either data.train (offline training) or online.prompts (generation in the "
                              f"loop), not both; got data.train={exp.data.train!r}, online.prompts={exp.online.prompts!r}")
         return plan_inputs(exp.objective, reference_mode=exp.train.reference, lora=exp.model.lora_rank > 0,
-                           metric_extras=exp.train.extras, online=True, columns=prompt_columns(exp))
+                           metric_extras=exp.train.extras, online=True, columns=prompt_columns(exp),
+                           soup=bool(exp.model.reference_soup))
     source = exp.data.open_train()
     kind = exp.data.kind or detect_kind(source.columns, source=source.name)
     return plan_inputs(exp.objective, data_kind=kind, columns=source.columns, reference_mode=exp.train.reference,
                        lora=exp.model.lora_rank > 0, guide=exp.model.guide is not None,
-                       metric_extras=exp.train.extras)
+                       metric_extras=exp.train.extras, soup=bool(exp.model.reference_soup),
+                       teacher=exp.model.teacher_spec())
 
 
 def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, frozen_sharding: FrozenModels,
-                   seed: int) -> tuple[TrainState, FrozenModels]:
+                   seed: int, soup: Any = None) -> tuple[TrainState, FrozenModels]:
     """The step's first state and frozen models, each created by a jit whose outputs are in their shardings.
 
     The reference copy and the previous iterate are ``jnp.copy`` (new
     buffers: the step donates the policy's) and the optimizer state
     ``tx.init``, all from the sharded parameters; nothing is assembled whole
-    and then placed.
+    and then placed. A ``soup`` (SALSA's reference, already in its
+    shardings) takes the reference copy's place.
     """
     def copy(tree):
         return jax.tree.map(jnp.copy, tree)
@@ -185,7 +191,7 @@ def _initial_state(tx, params, frozen_like: FrozenModels, sharding: TrainState, 
     opt_state = jax.jit(tx.init, out_shardings=sharding.opt_state)(params)
     step, rng = jax.jit(lambda: (jnp.zeros((), jnp.int32), jax.random.key(seed)),
                         out_shardings=(sharding.step, sharding.rng))()
-    reference = (None if frozen_like.reference is None
+    reference = (soup if soup is not None or frozen_like.reference is None
                  else jax.jit(copy, out_shardings=frozen_sharding.reference)(params))
     previous = None if sharding.previous is None else jax.jit(copy, out_shardings=sharding.previous)(params)
     return (TrainState(step, params, opt_state, rng, previous),
@@ -205,6 +211,10 @@ def build(exp: Experiment) -> Run:
     if plan.needs_guide:
         guide_graphdef, guide_state = nnx.split(load_hf(exp.model.guide, mesh=mesh, rules=rules,
                                                         **exp.model.precision()))
+    teacher_graphdefs, teacher_state = None, None
+    if plan.needs_teacher:
+        teacher_graphdefs, teacher_state = zip(*(nnx.split(load_hf(d, mesh=mesh, rules=rules, **exp.model.precision()))
+                                                 for d in (exp.model.teacher, exp.model.teacher_contrast)))
     rollout, eval_data = None, None
     if exp.online.enabled:
         rollout = Rollout(plan, exp, graphdef, tokenizer, tx, mesh, rules)
@@ -215,17 +225,23 @@ def build(exp: Experiment) -> Run:
     generations = None
     if exp.train.eval_generations:
         generations = EvalGenerations(exp, graphdef, tokenizer, eval_data, mesh, rules, scores=plan.scores)
-    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef)
+    step = make_step(graphdef, tx, plan, impl=exp.train.logprob_impl, guide_graphdef=guide_graphdef,
+                     teacher_graphdefs=teacher_graphdefs)
     eval_fn = jax.jit(make_eval_step(make_logprobs(graphdef, plan, impl=exp.train.logprob_impl,
-                                                   guide_graphdef=guide_graphdef)))
+                                                   guide_graphdef=guide_graphdef,
+                                                   teacher_graphdefs=teacher_graphdefs)))
     # Shapes only, for the step's shardings: the real values are then created in them.
-    frozen_like = FrozenModels(rest=rest, reference=params if plan.reference == FROZEN else None, guide=guide_state)
+    frozen_like = FrozenModels(rest=rest, reference=params if plan.reference in FROZEN_MODELS else None,
+                               guide=guide_state, teacher=teacher_state)
     state_like = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), jax.random.key(0),
                                                      p if plan.needs_previous else None), params)
     sample = device_batch(sample, mesh)
     jitted, sharding, frozen_sharding = jit_step(step, mesh, state_like, frozen_like, sample, exp.objective, tx,
                                                  rules)
-    state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed)
+    soup = None if plan.reference != SOUP else load_soup(
+        exp.model.reference_soup, exp.model.reference_soup_weights, params, mesh=mesh, rules=rules,
+        precision=exp.model.precision())
+    state, frozen = _initial_state(tx, params, frozen_like, sharding, frozen_sharding, exp.train.seed, soup)
     return Run(graphdef, state, sharding, frozen, plan, jitted, eval_fn, eval_data, iterator, tokenizer,
                data_report, mesh, rollout, generations, functools.partial(_flops_per_token, model.cfg, plan))
 
@@ -236,7 +252,7 @@ def _flops_per_token(cfg, plan: Plan, batch: dict) -> float | None:
     if not plan.logprobs:
         return None
     seq_len = batch["prompt_tokens"].shape[-1] + batch["response_tokens"].shape[-1]
-    on_device = plan.reference in (FROZEN, LORA_BASE) or plan.reference_slot == PREVIOUS
+    on_device = plan.reference in (*FROZEN_MODELS, LORA_BASE) or plan.reference_slot == PREVIOUS
     return float(train_flops_per_token(cfg, seq_len, reference_forward=on_device))
 
 
@@ -312,7 +328,7 @@ def policy_and_reference(run: Run) -> tuple[nnx.Module, nnx.Module | None]:
     model, or when the objective needs none.
     """
     policy = nnx.merge(run.graphdef, run.state.params, run.frozen.rest)
-    if run.plan.reference == FROZEN:
+    if run.plan.reference in FROZEN_MODELS:
         return policy, nnx.merge(run.graphdef, run.frozen.reference, run.frozen.rest)
     has_lora = any(True for _ in jax.tree.leaves(nnx.state(policy, nnx.LoRAParam)))
     return policy, lora.reference_view(policy) if has_lora else None

@@ -4,8 +4,9 @@ The counterpart of ``jalign.tabular.batch_for`` for transformers. When a run
 is built, :func:`plan_inputs` reads the composed objective's declaration
 (``requires`` and ``sampling``) once and decides where each input comes from:
 
-- the reference, one value: none, a frozen copy, the LoRA base view, or
-  log-probs precomputed with the data;
+- the reference, one value: none, a frozen copy, the LoRA base view,
+  log-probs precomputed with the data, or a frozen weight-space soup of
+  several checkpoints (SALSA, ``model.reference_soup``; ``jalign.train.soup``);
 - per-token extras, from the fused log-prob kernels (``entropy``,
   ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
   (SparsePO's masks);
@@ -14,7 +15,9 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
 - labels, from the data's own fields (``preference``, ``score``,
   ``desirable``, ``other_rewards``) or computed in the step: KTO's
   ``kl_estimate`` from mismatched prompt/completion pairs of the batch and
-  TGDPO's ``guide_log_ratio`` from a guide model.
+  TGDPO's ``guide_log_ratio`` from a guide model;
+- AlignDistil's ``teacher_kl`` and ``teacher_weight``, from a DPO and a
+  reverse-DPO model (``jalign.train.teacher_inputs``).
 
 Whatever it cannot supply is refused before anything is compiled, in one
 :class:`RefusedObjective` message naming the objective, each missing input
@@ -41,11 +44,15 @@ from jalign.objectives import LogProbs, Objective
 from jalign.objectives.declaration import (
     ANY, DATA, EXTRAPOLATED, LIST, PAIR, PREVIOUS, REFERENCE, SINGLE, TRIPLE, Sampling,
 )
+from jalign.objectives.distillation import TEACHER_EXTRAS
+from jalign.train.teacher_inputs import Teacher, distillation_extras
 from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
 )
 
-NONE, FROZEN, LORA_BASE, PRECOMPUTED = "none", "frozen", "lora_base", "precomputed"
+NONE, FROZEN, LORA_BASE, PRECOMPUTED, SOUP = "none", "frozen", "lora_base", "precomputed", "soup"
+# Plans whose reference is a frozen model held as a step argument (``FrozenModels.reference``).
+FROZEN_MODELS = (FROZEN, SOUP)
 JUDGED_LABELS = ("preference", "win_prob", "reward")  # what the online loop's judge provides
 PREVIOUS_LABEL = "previous_logps"  # computed in the step from the previous iterate
 KERNEL_EXTRAS = ("entropy", "ref_kl", "policy_kl", "log_prob_sq_sum", "topk_mass", "topk_entropy")
@@ -65,8 +72,9 @@ class Plan:
 
     Attributes:
       reference: ``"none"``, ``"frozen"`` (a frozen copy's parameters are a
-        step argument), ``"lora_base"`` (the policy with adapters off) or
-        ``"precomputed"`` (``batch["reference_logprobs"]``).
+        step argument), ``"soup"`` (likewise, the parameters being a weight
+        average of ``model.reference_soup``), ``"lora_base"`` (the policy
+        with adapters off) or ``"precomputed"`` (``batch["reference_logprobs"]``).
       kernel_extras: extras the policy's log-prob kernel computes (the
         objective's and the metrics').
       data_labels: labels read from record fields beyond the data kind's own.
@@ -80,6 +88,8 @@ class Plan:
         left out: it is read from the objective, a traced value), or None.
       reference_slot: the model whose log-probs fill ``LogProbs.reference``:
         ``"reference"``, or ``"previous"`` (SPPO's proximal target).
+      teacher: how AlignDistil's teacher extras are built from
+        ``model.teacher`` and ``model.teacher_contrast``, or None.
     """
 
     reference: str = NONE
@@ -91,6 +101,7 @@ class Plan:
     scores: str | None = None
     sampling: Sampling | None = None
     reference_slot: str = REFERENCE
+    teacher: Teacher | None = None
 
     @property
     def needs_previous(self) -> bool:
@@ -103,21 +114,40 @@ class Plan:
         return GUIDE_LABEL in self.computed_labels
 
     @property
+    def needs_teacher(self) -> bool:
+        return self.teacher is not None
+
+    @property
     def needs_mask_head(self) -> bool:
         return "token_mask_logits" in self.mask_extras
 
 
-def _reference_kind(needed: bool, mode: str, lora: bool) -> str:
+def _reference_kind(needed: bool, mode: str, lora: bool, soup: bool = False) -> str:
     if not needed:
         return NONE
     if mode == PRECOMPUTED:
         return PRECOMPUTED
+    if soup:
+        return SOUP
     return LORA_BASE if lora else FROZEN
+
+
+def _soup_conflicts(name: str, needed: bool, mode: str, lora: bool) -> list[str]:
+    """Why ``model.reference_soup`` cannot be this run's reference (empty when it can)."""
+    if not needed:
+        return [f"model.reference_soup: {name} reads no reference; unset it"]
+    if lora:
+        return ["model.reference_soup: a LoRA policy's reference is its frozen base; set model.lora_rank=0"]
+    if mode == PRECOMPUTED:
+        return ["model.reference_soup: train.reference='precomputed' scores with the policy's initial weights; "
+                "set train.reference='model'"]
+    return []
 
 
 def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[str] = (),
                 reference_mode: str = "model", lora: bool = False, guide: bool = False,
-                metric_extras: Sequence[str] = (), online: bool = False) -> Plan:
+                metric_extras: Sequence[str] = (), online: bool = False, soup: bool = False,
+                teacher: Teacher | None = None) -> Plan:
     """Decides the source of every input ``objective`` declares, or refuses.
 
     Args:
@@ -130,6 +160,9 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
       metric_extras: kernel extras wanted for metrics only (``train.extras``).
       online: the run generates its responses (``online.prompts`` is set);
         ``data_kind`` is then unused and ``columns`` are the prompt file's.
+      soup: the reference is a soup of checkpoints (``model.reference_soup``).
+      teacher: AlignDistil's teacher, when ``model.teacher`` and
+        ``model.teacher_contrast`` are both set; else None.
 
     Raises:
       RefusedObjective: one message listing every input that cannot be served.
@@ -137,7 +170,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     name, needs, sampling = objective.name, objective.requires, objective.sampling
     if online:
         return _plan_online(objective, reference_mode=reference_mode, lora=lora, metric_extras=metric_extras,
-                            columns=columns)
+                            columns=columns, soup=soup)
     if sampling is not None:
         raise RefusedObjective(
             f"{name}: its responses are sampled during training ({sampling.describe()}; from "
@@ -158,11 +191,15 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     metric_only = [e for e in metric_extras if e not in own_extras] if needs.logprobs else []
     kernel_extras = sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))
     mask_extras = sorted(own_extras & set(MASK_EXTRAS))
-    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
+    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS) - set(TEACHER_EXTRAS)):
         missing.append(f"extras[{extra!r}]: no kernel or model of `jalign train` computes it")
     for extra in metric_only:
         if extra not in KERNEL_EXTRAS:
             missing.append(f"train.extras {extra!r}: not a kernel extra; valid: {list(KERNEL_EXTRAS)}")
+    teacher_extras = sorted(own_extras & set(TEACHER_EXTRAS))
+    if teacher_extras and teacher is None:
+        missing.append(f"extras{teacher_extras}: set model.teacher (the DPO model) and model.teacher_contrast "
+                       "(the reverse-DPO model), local Hugging Face checkpoints of the policy's vocabulary")
     data_labels, computed = [], []
     for key in needs.labels:
         if key in intrinsic_labels(data_kind):
@@ -189,7 +226,9 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
     uses_reference_model = (bool(set(REFERENCE_KERNEL_EXTRAS) & set(kernel_extras)) or ("kl_estimate" in computed)
                             or bool(mask_extras))
     need_reference = needs.reference or uses_reference_model or bool(computed)
-    reference = _reference_kind(need_reference, reference_mode, lora)
+    if soup:
+        missing += _soup_conflicts(name, need_reference, reference_mode, lora)
+    reference = _reference_kind(need_reference, reference_mode, lora, soup)
     if reference == PRECOMPUTED and uses_reference_model:
         wanted = [x for x in (*REFERENCE_KERNEL_EXTRAS, "kl_estimate", *MASK_EXTRAS)
                   if x in kernel_extras + computed + mask_extras]
@@ -200,7 +239,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
         raise RefusedObjective(f"`jalign train` cannot serve {name}:\n  - " + "\n  - ".join(missing))
     return Plan(reference=reference, kernel_extras=tuple(kernel_extras), data_labels=tuple(data_labels),
                 computed_labels=tuple(computed), mask_extras=tuple(mask_extras), logprobs=needs.logprobs,
-                scores=needs.scores)
+                scores=needs.scores, teacher=teacher if teacher_extras else None)
 
 
 def _response_count_fits(responses: str, count: int) -> bool:
@@ -208,7 +247,7 @@ def _response_count_fits(responses: str, count: int) -> bool:
 
 
 def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metric_extras: Sequence[str],
-                 columns: Sequence[str] = ()) -> Plan:
+                 columns: Sequence[str] = (), soup: bool = False) -> Plan:
     """The plan of a run that generates its responses (``online.prompts``), or a refusal naming what is missing.
 
     The judge labels what the declaration lists (``preference``,
@@ -251,9 +290,11 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
     if reference_mode == PRECOMPUTED:
         missing.append("train.reference='precomputed': responses are generated every step, so nothing can be "
                        "scored before training; set train.reference='model'")
+    elif soup:
+        missing += _soup_conflicts(name, True, reference_mode, lora)
     if missing:
         raise RefusedObjective(f"`jalign train` cannot serve {name} online:\n  - " + "\n  - ".join(missing))
-    return Plan(reference=LORA_BASE if lora else FROZEN,
+    return Plan(reference=_reference_kind(True, reference_mode, lora, soup),
                 kernel_extras=tuple(sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))),
                 computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
                 sampling=dataclasses.replace(sampling, mixture=None),
@@ -283,7 +324,8 @@ def _reference_logprobs(plan: Plan, reference: Any, batch: dict, impl: str) -> t
 
 
 def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, *, impl: str = "auto",
-                   guide: Any | None = None, previous: Any | None = None, top_k: int | None = None) -> LogProbs:
+                   guide: Any | None = None, previous: Any | None = None, top_k: int | None = None,
+                   teacher: tuple[Any, Any] | None = None) -> LogProbs:
     """The objective's input for one batch, assembled as ``plan`` says.
 
     Args:
@@ -298,6 +340,7 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
       guide: the guide decoder when the plan computes ``guide_log_ratio``.
       previous: the previous iterate when the plan computes ``previous_logps``.
       top_k: k for the top-k extras.
+      teacher: the (DPO, reverse-DPO) decoders when the plan builds AlignDistil's teacher.
 
     Returns:
       ``LogProbs`` with ``[B, G, R]`` fields.
@@ -312,6 +355,8 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
                          kl_to=ref_view if set(REFERENCE_KERNEL_EXTRAS) & set(plan.kernel_extras) else None)
     extras = {name: getattr(out, name) for name in plan.kernel_extras}
     extras.update(_mask_extras(plan, policy, ref_view))
+    if plan.needs_teacher:
+        extras.update(distillation_extras(own, *teacher, batch, plan.teacher, impl=impl))
     if "kl_estimate" in plan.computed_labels:
         labels["kl_estimate"] = mismatched_kl_estimate(policy, reference, batch, impl=impl)
     if plan.needs_guide:

@@ -25,7 +25,7 @@ from jalign.objectives import LogProbs, Objective
 from jalign.objectives.sequence import log_ratios, masked_mean, masked_sum
 from jalign.sharding import DEFAULT_RULES, activate, optimizer_shardings, state_shardings
 from jalign.objectives.declaration import PREVIOUS
-from jalign.train.provider import FROZEN, LORA_BASE, Plan, batch_logprobs
+from jalign.train.provider import FROZEN_MODELS, LORA_BASE, Plan, batch_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,21 +105,25 @@ class FrozenModels:
       rest: the policy's state outside the trainable filter (``nnx.split``'s
         last part): the base weights and adapter scales of a LoRA policy,
         next to nothing for full fine-tuning.
-      reference: the frozen reference copy's trainable-parameter state (merged
-        with the policy's graphdef and ``rest``), for a ``"frozen"`` plan; else None.
+      reference: the frozen reference's trainable-parameter state (merged
+        with the policy's graphdef and ``rest``): a copy for a ``"frozen"``
+        plan, the checkpoints' average for a ``"soup"`` one; else None.
       guide: the guide model's ``nnx.State`` (TGDPO's token rewards), or None.
+      teacher: the (DPO, reverse-DPO) models' ``nnx.State`` pair (AlignDistil's teacher), or None.
     """
 
     rest: Any
     reference: Any = None
     guide: Any = None
+    teacher: Any = None
 
 
-jax.tree_util.register_dataclass(FrozenModels, data_fields=["rest", "reference", "guide"], meta_fields=[])
+jax.tree_util.register_dataclass(FrozenModels, data_fields=["rest", "reference", "guide", "teacher"],
+                                 meta_fields=[])
 
 
 def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
-                  guide_graphdef: nnx.GraphDef | None = None) -> Callable:
+                  guide_graphdef: nnx.GraphDef | None = None, teacher_graphdefs: tuple | None = None) -> Callable:
     """``logprobs(params, frozen, batch, previous=None) -> LogProbs`` as the plan says, for the train and eval steps.
 
     ``frozen`` is a :class:`FrozenModels`. The plan decides the reference: a
@@ -136,23 +140,27 @@ def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
             return previous_model(previous, frozen)
         if plan.reference == LORA_BASE:
             return lora.reference_view(policy)
-        if plan.reference == FROZEN:
+        if plan.reference in FROZEN_MODELS:
             return nnx.merge(graphdef, frozen.reference, frozen.rest)
         return None
 
     def logprobs(params, frozen: FrozenModels, batch, previous=None) -> LogProbs:
         policy = nnx.merge(graphdef, params, frozen.rest)
         guide = None if frozen.guide is None else nnx.merge(guide_graphdef, frozen.guide)
+        teacher = (None if frozen.teacher is None
+                   else tuple(nnx.merge(g, s) for g, s in zip(teacher_graphdefs, frozen.teacher)))
         return batch_logprobs(plan, policy, reference_model(policy, frozen, previous), batch, impl=impl,
-                              guide=guide, previous=previous_model(previous, frozen))
+                              guide=guide, previous=previous_model(previous, frozen), teacher=teacher)
 
     return logprobs
 
 
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Plan, *,
-              impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None) -> Callable:
+              impl: str = "auto", guide_graphdef: nnx.GraphDef | None = None,
+              teacher_graphdefs: tuple | None = None) -> Callable:
     """``step(state, frozen, batch, objective) -> (state, metrics)``, unjitted (see :func:`make_logprobs`)."""
-    loss_and_grads = _loss_and_grads(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
+    loss_and_grads = _loss_and_grads(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef,
+                                     teacher_graphdefs=teacher_graphdefs)
 
     def step(state: TrainState, frozen: FrozenModels, batch, objective):
         (loss, metrics), grads = loss_and_grads(state, frozen, batch, objective)
@@ -174,9 +182,11 @@ def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, plan: Pl
     return step
 
 
-def _loss_and_grads(graphdef: nnx.GraphDef, plan: Plan, *, impl: str, guide_graphdef: nnx.GraphDef | None):
+def _loss_and_grads(graphdef: nnx.GraphDef, plan: Plan, *, impl: str, guide_graphdef: nnx.GraphDef | None,
+                    teacher_graphdefs: tuple | None = None):
     """``(state, frozen, batch, objective) -> ((loss, metrics), grads)`` at ``state.params``."""
-    logprobs = make_logprobs(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef)
+    logprobs = make_logprobs(graphdef, plan, impl=impl, guide_graphdef=guide_graphdef,
+                             teacher_graphdefs=teacher_graphdefs)
 
     def loss_fn(params, previous, frozen: FrozenModels, batch, objective: Objective):
         lp = logprobs(params, frozen, batch, previous)
@@ -237,7 +247,8 @@ def jit_step(step: Callable, mesh: Mesh, state: TrainState, frozen: FrozenModels
     frozen_sharding = FrozenModels(
         rest=state_shardings(frozen.rest, mesh, rules),
         reference=None if frozen.reference is None else state_shardings(frozen.reference, mesh, rules),
-        guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh, rules))
+        guide=None if frozen.guide is None else state_shardings(frozen.guide, mesh, rules),
+        teacher=None if frozen.teacher is None else state_shardings(frozen.teacher, mesh, rules))
     objective_sharding = jax.tree.map(lambda _: replicated, objective)
 
     def step_under_rules(*args):

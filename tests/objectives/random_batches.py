@@ -53,6 +53,8 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         # ~sqrt(V) for a real distribution: here below e^3.
         "log_prob_sq_sum": np.maximum(2 * policy, policy - rng.uniform(0, 3, size=shape)),
         "reference_token_mask": rng.uniform(0, 1, size=shape),
+        "teacher_kl": rng.uniform(0, 2, size=shape),
+        "teacher_weight": rng.uniform(1e-3, 20, size=shape),
     }
     as_array = lambda x: jnp.asarray(x, dtype)
     if requires.scores is not None:

@@ -37,23 +37,27 @@ DATA_FOR_NAME = {"jpo": "tiny_joint_pref.jsonl",  # pairs whose responses answer
                  "poft": "tiny_pref_aligned.jsonl",  # the aligned models' likelihoods only this file carries
                  "multi_reward": "tiny_pref_attributes.jsonl"}  # per-response attribute ratings
 # Issue 15's objectives, past the default run's budget: --runslow (their plans are checked by default).
-SLOW_ONLY = {"d2o", "ift", "jpo", "mapo", "poft", "sem_dpo", "multi_reward"}
+SLOW_ONLY = {"d2o", "ift", "jpo", "mapo", "poft", "sem_dpo", "multi_reward",
+             "aligndistil"}  # builds two more models (its DPO and reverse-DPO teachers)
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """A tokenizer trained on the shipped data and a random guide checkpoint (TGDPO)."""
+    """A tokenizer trained on the shipped data and random guide (TGDPO) and teacher (AlignDistil) checkpoints."""
     root = tmp_path_factory.mktemp("registry")
     texts = [line for name in sorted(set(DATA_FOR.values())) for line in (DATA / name).read_text().splitlines()]
     train_tiny_tokenizer(texts, ARCH.vocab_size, root / "tokenizer")
     save_hf(Decoder(ARCH, rngs=nnx.Rngs(7)), str(root / "guide"))
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(8)), str(root / "teacher"))
+    save_hf(Decoder(ARCH, rngs=nnx.Rngs(9)), str(root / "teacher_contrast"))
     return root
 
 
 def _train(assets, tmp_path, name, *extra_sets, capsys):
     data = DATA / DATA_FOR_NAME.get(name, DATA_FOR[make(name).requires.responses])
     sets = [f"objective={name}", f"data.train={data}", f"model.tokenizer={assets / 'tokenizer'}",
-            f"model.guide={assets / 'guide'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
+            f"model.guide={assets / 'guide'}", f"model.teacher={assets / 'teacher'}",
+            f"model.teacher_contrast={assets / 'teacher_contrast'}", f"train.out_dir={tmp_path / 'run'}", *extra_sets]
     if data.name == "tiny_pref_scored.jsonl":
         sets.append("data.preference_field=preference")
     argv = ["train", EXPERIMENT]
