@@ -135,8 +135,18 @@ class Decoder(nnx.Module):
             logits = jnp.tanh(logits / out.softcap) * out.softcap
         return logits
 
-    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        x = self.embed[...][tokens].astype(self.cfg.dtype)                 # [..., T, E]
+    def token_embeddings(self, tokens: jax.Array) -> jax.Array:
+        """The embedding rows of ``tokens`` [..., T] -> [..., T, E] in the parameter dtype.
+
+        What Hugging Face calls ``inputs_embeds``: before Gemma's scaling and
+        GPT-2's position embeddings, which the decoder adds to whatever
+        embeddings it is given.
+        """
+        return self.embed[...][tokens]
+
+    def _embed(self, tokens: jax.Array, positions: jax.Array, embeddings: jax.Array | None = None) -> jax.Array:
+        rows = self.token_embeddings(tokens) if embeddings is None else embeddings
+        x = rows.astype(self.cfg.dtype)                                    # [..., T, E]
         if self.cfg.embed_scale:
             x = x * jnp.asarray(self.cfg.hidden_size ** 0.5, self.cfg.dtype)
         if self.pos_embed is not None:
@@ -150,16 +160,19 @@ class Decoder(nnx.Module):
             return None
         return jnp.asarray([_NO_WINDOW if w is None else w for w in windows], jnp.int32)
 
-    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str, *, keep_kv: bool = False):
+    def _run(self, tokens, ctx: Context, kvs, return_hidden: bool | str, *, keep_kv: bool = False,
+             embeddings: jax.Array | None = None):
         """tokens [B, G, T] -> (logits [B, G, T, V], hidden, or per-layer states; kept k/v or None).
 
         ``kvs``: None, or a prompt's or cache's (k, v) [L, B, S, K, D], read only.
         ``return_hidden="layers"`` returns every block's output ``[L, B, G, T, E]``
         (the residual stream before the final norm) instead of the final hidden states.
         ``keep_kv`` keeps each layer's own (k, v), stacked [L, B, G, T, K, D].
+        ``embeddings`` [B, G, T, E], when given, replace the rows of ``tokens``
+        (see :meth:`token_embeddings`).
         """
         # The carry enters the scan with the layout each block gives it (an explicit mesh checks).
-        x = constrain(self._embed(tokens, ctx.q_pos), _RESIDUAL)
+        x = constrain(self._embed(tokens, ctx.q_pos, embeddings), _RESIDUAL)
         inv_freq = rope_frequencies(self.cfg)
         graphdef, layers = nnx.split(self.layers)
 
@@ -187,23 +200,32 @@ class Decoder(nnx.Module):
         out, _ = self._run(tokens[:, None], ctx, None, return_hidden)
         return out[:, 0]
 
-    def encode_prompt(self, tokens: jax.Array, mask: jax.Array | None = None) -> PromptCache:
-        """Encodes a prompt [B, P] once; completions then attend to its keys."""
+    def encode_prompt(self, tokens: jax.Array, mask: jax.Array | None = None, *,
+                      embeddings: jax.Array | None = None) -> PromptCache:
+        """Encodes a prompt [B, P] once; completions then attend to its keys.
+
+        ``embeddings`` [B, P, E], when given, replace the token rows (see
+        :meth:`token_embeddings`).
+        """
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
         positions = default_positions(mask)
         ctx = Context(positions[:, None], jnp.arange(tokens.shape[1]), mask[:, None])
-        _, (k, v) = self._run(tokens[:, None], ctx, None, return_hidden=True, keep_kv=True)
+        given = None if embeddings is None else embeddings[:, None]
+        _, (k, v) = self._run(tokens[:, None], ctx, None, return_hidden=True, keep_kv=True, embeddings=given)
         return PromptCache(k[:, :, 0], v[:, :, 0], positions, mask,                # [L, B, P, K, D]
                            jnp.asarray(tokens.shape[1], jnp.int32))
 
     def forward_completions(self, prompt: PromptCache, tokens: jax.Array,
-                            mask: jax.Array | None = None, *, return_hidden: bool | str = False):
+                            mask: jax.Array | None = None, *, return_hidden: bool | str = False,
+                            embeddings: jax.Array | None = None):
         """G completions per prompt, tokens/mask [B, G, C] -> logits [B, G, C, V].
 
         Equals running the model on each prompt+completion concatenation, with
         the completion positions continuing the prompt's. ``return_hidden``:
         True gives the final hidden states [B, G, C, E]; ``"layers"`` every
-        block's output [L, B, G, C, E].
+        block's output [L, B, G, C, E]. ``embeddings`` [B, G, C, E], when
+        given, are fed in place of the rows of ``tokens`` (Hugging Face's
+        ``inputs_embeds``; IFT's mixed inputs, `jalign.models.scoring`).
         """
         mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
         start = prompt.valid.sum(-1).astype(jnp.int32)[:, None, None]       # [B, 1, 1]
@@ -211,7 +233,7 @@ class Decoder(nnx.Module):
         q_idx = prompt.length + jnp.arange(tokens.shape[-1])
         ctx = Context(positions, q_idx, mask, prompt.positions,
                       jnp.arange(prompt.valid.shape[1]), prompt.valid)
-        out, _ = self._run(tokens, ctx, (prompt.k, prompt.v), return_hidden)
+        out, _ = self._run(tokens, ctx, (prompt.k, prompt.v), return_hidden, embeddings=embeddings)
         return out
 
     def init_cache(self, batch: int, size: int) -> PromptCache:

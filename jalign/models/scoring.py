@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax.core import spmd
 
-from jalign.kernels import TokenLogProbs, resolve_impl, sequence_logprobs, sharded_sequence_logprobs
+from jalign.kernels import Head, TokenLogProbs, resolve_impl, sequence_logprobs, sharded_sequence_logprobs
+from jalign.kernels.argmax import greedy_tokens
 from jalign.models.decoder import OutputProjection
 from jalign.models.layers import logical_to_spec
 
@@ -71,12 +72,18 @@ class Responses(NamedTuple):
     layers: jax.Array | None = None
 
 
-def encode_responses(model: Any, batch: dict, *, layers: bool = False) -> Responses:
+def encode_responses(model: Any, batch: dict, *, layers: bool = False, residual: float = 0.0) -> Responses:
     """Runs ``model`` over each prompt once and its ``G`` responses; no logits.
 
     With ``layers`` the per-layer states are kept too (one forward: the final
-    hidden states are the last layer's after the final norm).
+    hidden states are the last layer's after the final norm). A non-zero
+    ``residual`` feeds the responses through IFT's temporal residual
+    connection (:func:`residual_responses`).
     """
+    if residual:
+        if layers:
+            raise ValueError("encode_responses: per-layer states of the residual-input forward are not served")
+        return residual_responses(model, batch, residual)
     body_mask, inputs, input_mask, target_mask = completion_inputs(batch)
     cache = model.encode_prompt(batch["prompt_tokens"], body_mask)
     if not layers:
@@ -84,6 +91,49 @@ def encode_responses(model: Any, batch: dict, *, layers: bool = False) -> Respon
         return Responses(hidden, model.output_projection(), target_mask)
     states = model.forward_completions(cache, inputs, input_mask, return_hidden="layers")
     return Responses(model.final_norm(states[-1]), model.output_projection(), target_mask, states)
+
+
+def residual_responses(model: Any, batch: dict, residual: float) -> Responses:
+    """The responses fed through IFT's temporal residual connection (TRC), weight ``residual`` = lambda.
+
+    A first, teacher-forced pass without gradient gives the model's greedy
+    prediction ``yhat_t`` of every response token (`jalign.kernels.argmax`, no
+    ``[tokens, vocab]`` logits); a second pass, the one returned, feeds each
+    response token ``y_t`` as the input embedding
+
+    .. math::  (1 - \\lambda)\\, e(y_t) + \\lambda\\, e(\\hat y_t)
+
+    while prompt tokens (and a row's first response token when its prompt is
+    empty: it has no prediction) keep ``e(y_t)``. As in the authors' trainer
+    the embedding rows are read from a frozen copy of the table, for the
+    prompt too: the input embeddings get no gradient from this pass (a tied
+    table still gets its output-projection gradient). The prompt is encoded
+    once for both passes.
+
+    References:
+      Hua et al., *Intuitive Fine-Tuning*, 2024; authors' code
+      TsinghuaC3I/Intuitive-Fine-Tuning, ``src/trainers.py``, the ``'ift'``
+      branch of ``get_batch_metrics`` (``get_sample_function(..., 'greedy')``,
+      ``inputs_embeds_further``).
+    """
+    body_mask, inputs, input_mask, target_mask = completion_inputs(batch)
+    table = jax.lax.stop_gradient(model.embed[...])                                 # [V, E]
+    prompt = batch["prompt_tokens"]
+    cache = model.encode_prompt(prompt, body_mask, embeddings=table[prompt])
+    teacher_forced = jax.lax.stop_gradient(
+        model.forward_completions(jax.tree.map(jax.lax.stop_gradient, cache), inputs, input_mask,
+                                  return_hidden=True, embeddings=table[inputs]))   # [B, G, R, E]
+    head = model.output_projection()
+    flat = teacher_forced.reshape(-1, teacher_forced.shape[-1])
+    predicted = greedy_tokens(Head(flat, head.kernel, head.bias)).reshape(inputs.shape)  # yhat_r [B, G, R]
+    # Input r >= 1 is response token r - 1: mix in the prediction of that token, where it had one.
+    mixed_tokens = jnp.concatenate([inputs[..., :1], predicted[..., :-1]], axis=-1)
+    mixes = jnp.concatenate([jnp.zeros_like(target_mask[..., :1]), target_mask[..., :-1]], axis=-1)
+    weight = jnp.where(mixes, jnp.asarray(residual, jnp.float32), 0.0)[..., None]    # [B, G, R, 1]
+    embeddings = ((1.0 - weight) * table[inputs].astype(jnp.float32)
+                  + weight * table[mixed_tokens].astype(jnp.float32))               # [B, G, R, E]
+    hidden = model.forward_completions(cache, inputs, input_mask, return_hidden=True, embeddings=embeddings)
+    return Responses(hidden, head, target_mask)
 
 
 def frozen(responses: Responses) -> Responses:
