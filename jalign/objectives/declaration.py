@@ -53,6 +53,12 @@ class Requirements:
         policy objective; not preference-model losses).
       scores: the preference-model output needed (``"reward"``,
         ``"pairwise"``, ``"embedding"``, ``"multi_reward"``), or ``None``.
+      residual: IFT's temporal residual connection: the policy's log-probs
+        come from a forward whose response inputs mix ``residual`` (lambda)
+        of the embedding of the model's own greedy prediction into each
+        target token's; 0 (every other objective) is teacher forcing. A
+        static number. One-token responses (the tabular engine's) have no
+        response input to mix, so there it changes nothing.
     """
 
     responses: str = PAIR
@@ -61,8 +67,11 @@ class Requirements:
     extras: tuple[str, ...] = ()
     logprobs: bool = True
     scores: str | None = None
+    residual: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.residual <= 1.0:
+            raise ValueError(f"residual must be in [0, 1]; got {self.residual!r}")
         if self.responses not in _DESCRIPTIONS:
             raise ValueError(f"responses must be one of {sorted(_DESCRIPTIONS)}; got {self.responses!r}")
         if self.scores is not None and self.scores not in SCORES:
@@ -73,13 +82,17 @@ class Requirements:
         if None not in (self.scores, other.scores) and self.scores != other.scores:
             raise ValueError(f"{where}: terms need different preference models: scores={self.scores!r} "
                              f"and scores={other.scores!r}")
+        if self.residual and other.residual and self.residual != other.residual:
+            raise ValueError(f"{where}: terms need different residual inputs: residual={self.residual!r} "
+                             f"and residual={other.residual!r}; the policy's log-probs come from one forward")
         return Requirements(
             responses=_join_responses(self.responses, other.responses, where),
             reference=self.reference or other.reference,
             labels=tuple(sorted(set(self.labels) | set(other.labels))),
             extras=tuple(sorted(set(self.extras) | set(other.extras))),
             logprobs=self.logprobs or other.logprobs,
-            scores=self.scores if self.scores is not None else other.scores)
+            scores=self.scores if self.scores is not None else other.scores,
+            residual=self.residual or other.residual)
 
     def check(self, lp, name: str) -> None:
         """Raises ``ValueError`` naming the objective and the missing input of batch ``lp``."""
@@ -117,6 +130,8 @@ class Requirements:
             parts.append("reference" if self.reference else "reference-free")
         parts += [f"labels[{k}]" for k in self.labels]
         parts += [f"extras[{k}]" for k in self.extras]
+        if self.residual:
+            parts.append(f"residual inputs (lambda={self.residual})")
         return ", ".join(parts)
 
 

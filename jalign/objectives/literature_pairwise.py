@@ -4,7 +4,7 @@
   the per-sample denoising loss replaced by the response's length-averaged NLL.
 - Sem-DPO: DPO with a per-pair semantic weight read from the data.
 - JPO: DPO over pairs whose two responses answer *different* instructions.
-- IFT: SFT with the authors' relation-propagation token weights.
+- IFT: SFT with the authors' relation-propagation token weights, through their temporal residual connection.
 
 New labels introduced here:
 
@@ -17,11 +17,13 @@ New labels introduced here:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import ANY, PAIR, Objective, Requirements
+from jalign.objectives.core import ANY, PAIR, Objective, Requirements, static_field
 from jalign.objectives.margin import MarginObjective
 from jalign.objectives.metrics import pairwise_metrics, reference_pairwise_metrics
 from jalign.objectives.pairwise import dpo_loss
@@ -236,22 +238,34 @@ def ift_loss(token_logps: Array, mask: Array, *, gamma) -> Array:
     "ift",
     strength=None,
     citation="Hua et al. 2024, Intuitive Fine-Tuning: Towards Simplifying Alignment into a Single "
-    "Process; relation-propagation loss of the authors' code (TsinghuaC3I/Intuitive-Fine-Tuning "
-    "src/trainers.py get_cumsum_weight, loss=ift) on teacher-forced log-probs",
-    requires=Requirements(responses=ANY, reference=False),
+    "Process; relation-propagation loss and temporal residual connection of the authors' code "
+    "(TsinghuaC3I/Intuitive-Fine-Tuning src/trainers.py get_cumsum_weight and the loss=ift branch)",
+    requires=Requirements(responses=ANY, reference=False, residual=0.2),
 )
 class IFT(Objective):
-    """Intuitive Fine-Tuning's loss on the first (target) response, ``gamma = 0.95`` (``config/loss/ift.yaml``).
+    """Intuitive Fine-Tuning on the first (target) response, through its temporal residual connection.
 
-    IFT also feeds the model, at each position, ``(1 - lambda)`` times the
-    target token's embedding plus ``lambda`` times that of the model's own
-    greedy prediction (its temporal residual connection, ``lambda = 0.2``),
-    a second forward pass with mixed input embeddings. jalign's scoring
-    passes feed token ids only, so the log-probs this objective receives are
-    teacher-forced: the authors' ``lambda = 0`` setting.
+    The loss is the relation propagation of :func:`ift_loss`. The temporal residual connection (TRC) feeds the model, at each target
+    position, ``(1 - lam) e(y_t) + lam e(yhat_t)``: the target token's input
+    embedding mixed with that of the model's own greedy prediction of it,
+    from a first, teacher-forced pass without gradient; the loss reads the
+    second pass (``jalign.models.scoring.residual_responses``; the input
+    table is a constant there, as the authors' frozen ``embed_tokens`` copy).
+    ``lam`` is static (the provider builds the second pass for it); ``lam =
+    0`` keeps the plain teacher-forced pass. The declaration carries it
+    (``requires.residual``), so a sum with ``ift`` gives every term the TRC's
+    log-probs. Defaults: ``gamma = 0.95`` and ``lam = 0.2``
+    (``config/loss/ift.yaml``'s ``gamma`` and ``min_lambda = max_lambda``;
+    its lambda schedule and disturbance are off there and not built here).
+    On tabular one-token responses the TRC has nothing to mix.
     """
 
     gamma: float = 0.95
+    lam: float = static_field(0.2)
+
+    @property
+    def requires(self) -> Requirements:
+        return dataclasses.replace(self.declared_requires, residual=float(self.lam))
 
     def compute(self, lp: LogProbs):
         losses = ift_loss(lp.policy[:, 0], lp.mask[:, 0], gamma=self.gamma)

@@ -17,7 +17,10 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
   ``kl_estimate`` from mismatched prompt/completion pairs of the batch and
   TGDPO's ``guide_log_ratio`` from a guide model;
 - AlignDistil's ``teacher_kl`` and ``teacher_weight``, from a DPO and a
-  reverse-DPO model (``jalign.train.teacher_inputs``).
+  reverse-DPO model (``jalign.train.teacher_inputs``);
+- the policy's log-probs themselves through IFT's temporal residual
+  connection (``requires.residual``; ``jalign.models.scoring.residual_responses``),
+  offline only.
 
 Whatever it cannot supply is refused before anything is compiled, in one
 :class:`RefusedObjective` message naming the objective, each missing input
@@ -90,6 +93,8 @@ class Plan:
         ``"reference"``, or ``"previous"`` (SPPO's proximal target).
       teacher: how AlignDistil's teacher extras are built from
         ``model.teacher`` and ``model.teacher_contrast``, or None.
+      residual: IFT's temporal residual connection weight for the policy's
+        forward (``Requirements.residual``); 0 is teacher forcing.
     """
 
     reference: str = NONE
@@ -102,6 +107,7 @@ class Plan:
     sampling: Sampling | None = None
     reference_slot: str = REFERENCE
     teacher: Teacher | None = None
+    residual: float = 0.0
 
     @property
     def needs_previous(self) -> bool:
@@ -239,7 +245,7 @@ def plan_inputs(objective: Objective, *, data_kind: str = "", columns: Sequence[
         raise RefusedObjective(f"`jalign train` cannot serve {name}:\n  - " + "\n  - ".join(missing))
     return Plan(reference=reference, kernel_extras=tuple(kernel_extras), data_labels=tuple(data_labels),
                 computed_labels=tuple(computed), mask_extras=tuple(mask_extras), logprobs=needs.logprobs,
-                scores=needs.scores, teacher=teacher if teacher_extras else None)
+                scores=needs.scores, teacher=teacher if teacher_extras else None, residual=needs.residual)
 
 
 def _response_count_fits(responses: str, count: int) -> bool:
@@ -287,6 +293,10 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
             missing.append(f"train.extras {extra!r}: not a kernel extra; valid: {list(KERNEL_EXTRAS)}")
     if needs.scores is not None:
         missing.append(f"{needs.scores} scores: preference models are trained on preference data, offline")
+    if needs.residual:
+        missing.append(f"residual inputs (lambda={needs.residual}): the temporal residual connection rescores "
+                       "dataset targets; generated responses' sampling log-probs are teacher-forced, so set "
+                       "lam=0 or train offline")
     if reference_mode == PRECOMPUTED:
         missing.append("train.reference='precomputed': responses are generated every step, so nothing can be "
                        "scored before training; set train.reference='model'")
@@ -349,7 +359,7 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
     scores = None if plan.scores is None else preference_scores(policy, batch)
     if not plan.logprobs:
         return LogProbs(policy=None, mask=None, labels=labels, scores=scores)
-    own = encode_responses(policy, batch)
+    own = encode_responses(policy, batch, residual=plan.residual)
     ref_logprobs, ref_view = _reference_logprobs(plan, reference, batch, impl)
     out = token_logprobs(own, batch["response_tokens"], extras=plan.kernel_extras, impl=impl, top_k=top_k,
                          kl_to=ref_view if set(REFERENCE_KERNEL_EXTRAS) & set(plan.kernel_extras) else None)
