@@ -73,7 +73,9 @@ def test_ift_trains_through_the_cli_with_the_residual_connection(tmp_path, capsy
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     data = repo / "experiments" / "data" / "tiny_pref_scored.jsonl"
-    train_tiny_tokenizer(data.read_text().splitlines(), 256, tmp_path / "tokenizer")
+    from registry_experiment import ARCH
+
+    train_tiny_tokenizer(data.read_text().splitlines(), ARCH.vocab_size, tmp_path / "tokenizer")
     experiment = str(pathlib.Path(__file__).with_name("registry_experiment.py"))
     rows = {}
     for lam in (0.2, 0.0):
