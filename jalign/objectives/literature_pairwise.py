@@ -245,14 +245,15 @@ def ift_loss(token_logps: Array, mask: Array, *, gamma) -> Array:
 class IFT(Objective):
     """Intuitive Fine-Tuning on the first (target) response, through its temporal residual connection.
 
-    The loss is the relation propagation of :func:`ift_loss`. The temporal residual connection (TRC) feeds the model, at each target
-    position, ``(1 - lam) e(y_t) + lam e(yhat_t)``: the target token's input
-    embedding mixed with that of the model's own greedy prediction of it,
-    from a first, teacher-forced pass without gradient; the loss reads the
-    second pass (``jalign.models.scoring.residual_responses``; the input
-    table is a constant there, as the authors' frozen ``embed_tokens`` copy).
-    ``lam`` is static (the provider builds the second pass for it); ``lam =
-    0`` keeps the plain teacher-forced pass. The declaration carries it
+    The loss is the relation propagation of :func:`ift_loss`. The temporal
+    residual connection (TRC) feeds the model, at each target position,
+    ``(1 - lam) e(y_t) + lam e(yhat_t)``: the target token's input embedding
+    mixed with that of the model's own greedy prediction of it, from a
+    first, teacher-forced pass without gradient; the loss reads the second
+    pass (``jalign.models.scoring.residual_responses``; the input table is a
+    constant there, as the authors' frozen ``embed_tokens`` copy). ``lam`` is
+    static (the provider builds the second pass for it); ``lam = 0`` keeps
+    the plain teacher-forced pass. The declaration carries it
     (``requires.residual``), so a sum with ``ift`` gives every term the TRC's
     log-probs. Defaults: ``gamma = 0.95`` and ``lam = 0.2``
     (``config/loss/ift.yaml``'s ``gamma`` and ``min_lambda = max_lambda``;
