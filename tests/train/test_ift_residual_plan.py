@@ -2,8 +2,9 @@
 
 The forward itself is checked against the authors' procedure on
 `transformers` in ``tests/models/test_residual_inputs.py``; the run through
-`jalign train` is the slow test below (its losses at step 1, before any update,
-differ from the teacher-forced run's: the provider did feed mixed inputs).
+`jalign train` is a slow test below (its losses at step 1, before any update,
+differ from the teacher-forced run's: the provider did feed mixed inputs), and
+another runs the two-pass step on 8 simulated devices against one.
 """
 
 import json
@@ -90,3 +91,17 @@ def test_ift_trains_through_the_cli_with_the_residual_connection(tmp_path, capsy
     for row in rows[0.2]:
         assert np.isfinite(row["loss"]) and row["finite"] == 1.0 and row["update_norm"] > 0
     assert abs(rows[0.2][0]["loss"] - rows[0.0][0]["loss"]) > 1e-4
+
+
+@pytest.mark.slow
+def test_residual_step_on_eight_devices_matches_one_device():
+    """``residual_step_script.py``: ift's two-pass step on data x fsdp x tensor = 2x2x2 equals one device's."""
+    import os
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, str(here / "residual_step_script.py")], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-4000:]
