@@ -106,3 +106,19 @@ def test_lambda_zero_is_the_teacher_forced_forward(jalign_models):
     mixed = encode_responses(model, batch, residual=1e-30)   # the second pass on e(y): equal hidden states
     np.testing.assert_allclose(mixed.hidden, plain.hidden, atol=1e-5)
     np.testing.assert_array_equal(encode_responses(model, batch, residual=0.0).hidden, plain.hidden)
+
+
+def test_bf16_compute_stays_close_to_fp32_with_finite_gradients():
+    """bf16 activations over fp32 weights: finite gradients, log-probs within bf16 error of fp32's."""
+    from jalign.models import Decoder, ModelConfig
+
+    cfg = ModelConfig("llama", vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, mlp_dim=64)
+    batch = {k: jnp.asarray(v) for k, v in reward_batch(seed=4)[0].items()}
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model = Decoder(cfg.replace(dtype=dtype), rngs=nnx.Rngs(0))
+        grads, masked = _jalign(model, batch, LAMBDA)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), dtype
+        out[dtype] = np.asarray(masked)
+    np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=0.1)
