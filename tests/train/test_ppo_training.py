@@ -8,6 +8,7 @@ move them, the checkpoint must give back the trained ones). Everything here
 builds a model, so it is slow except the plan.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -83,6 +84,7 @@ def test_ppo_and_drpo_train_with_generation_through_the_cli(name, tmp_path, monk
 @pytest.mark.slow
 def test_the_trained_value_head_survives_a_checkpoint_round_trip(tmp_path):
     exp = experiment(tmp_path, 2, "ppo", checkpoint_every=2)
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, eval_every=2))
     seen = {}
 
     def evaluate(step, policy, reference):
