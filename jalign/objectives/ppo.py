@@ -122,7 +122,7 @@ def _row_weights(lp: LogProbs) -> Array:
     "ppo",
     strength="beta",
     citation="Schulman et al. 2017, Proximal Policy Optimization Algorithms, Eq. 7 and 9 (clipped surrogate "
-    "plus value loss), with GAE (Schulman et al. 2016, Eq. 16) on per-token KL-penalised rewards as in the "
+    "plus value loss), with GAE (Schulman et al. 2016, Eq. 16; 2017, Eq. 11-12) on per-token KL-penalised rewards as in the "
     "DR-PO authors' code (Cornell-RL/drpo src/tldr/drpo.py); defaults from its RewardHParams/PpoHParams: "
     "beta = kl_coef = 0.05, vf_coef = 0.1, cliprange = cliprange_value = 0.2, gamma = 1, lam = 0.95, "
     "whiten_rewards = True",

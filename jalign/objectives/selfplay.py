@@ -234,8 +234,9 @@ class DatasetReset(Objective):
     trained on (the authors mask them out of the loss); the judge reads the
     whole response ``y_{<h}`` plus the continuation. The loss is the inner
     objective's: the authors optimise PPO with a learned critic (GAE) on a
-    reward model's score, which jalign has no loss for, so ``dataset_reset``
-    is the reset, not the whole of DR-PO. Needs prompt-completion data.
+    reward model's score, so DR-PO itself is ``dataset_reset(inner=ppo())``
+    (:class:`jalign.objectives.ppo.PPO`, with their defaults). Needs
+    prompt-completion data.
     Default ``probability = 1.0``: the authors' ``beta`` in ``drpo.py``.
     """
 

@@ -9,7 +9,7 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
   several checkpoints (SALSA, ``model.reference_soup``; ``jalign.train.soup``);
 - per-token extras, from the fused log-prob kernels (``entropy``,
   ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
-  (SparsePO's masks);
+  (SparsePO's masks; PPO's critic values, ``jalign.train.value_head``);
 - a preference model's scores (``bt_reward``, ``pairwise_preference``,
   ``gpm``), from a head on the trained decoder (``jalign.models.preference_heads``);
 - labels, from the data's own fields (``preference``, ``score``,
