@@ -72,7 +72,8 @@ def gae(rewards: Array, values: Array, mask: Array, *, gamma, lam) -> tuple[Arra
     """Generalised advantage estimation per token: ``(advantages, returns)``, both ``[B, G, T]``.
 
     .. math::
-        \\delta_t = r_t + \\gamma V_{t+1} - V_t, \\quad A_t = \\delta_t + \\gamma\\lambda A_{t+1}, \\quad R_t = A_t + V_t
+        \\delta_t = r_t + \\gamma V_{t+1} - V_t, \\quad A_t = \\delta_t + \\gamma\\lambda A_{t+1},
+        \\quad R_t = A_t + V_t
 
     with ``V`` and ``A`` zero past each response's last token (the episode
     ends there). Masked positions get 0.
@@ -122,8 +123,9 @@ def _row_weights(lp: LogProbs) -> Array:
     "ppo",
     strength="beta",
     citation="Schulman et al. 2017, Proximal Policy Optimization Algorithms, Eq. 7 and 9 (clipped surrogate "
-    "plus value loss), with GAE (Schulman et al. 2016, Eq. 16; 2017, Eq. 11-12) on per-token KL-penalised rewards as in the "
-    "DR-PO authors' code (Cornell-RL/drpo src/tldr/drpo.py); defaults from its RewardHParams/PpoHParams: "
+    "plus value loss), with GAE (Schulman et al. 2016, Eq. 16; 2017, Eq. 11-12) on per-token KL-penalised "
+    "rewards as in the DR-PO authors' code (Cornell-RL/drpo src/tldr/drpo.py); defaults from its "
+    "RewardHParams/PpoHParams: "
     "beta = kl_coef = 0.05, vf_coef = 0.1, cliprange = cliprange_value = 0.2, gamma = 1, lam = 0.95, "
     "whiten_rewards = True",
     requires=Requirements(responses=SINGLE, reference=True, labels=("reward",), extras=(VALUES,)),
@@ -133,8 +135,9 @@ class PPO(Objective):
     """PPO with a learned per-token critic, one sample per prompt.
 
     .. math::
-        \\ell = \\frac{1}{N}\\sum_{b,t} \\max\\left(-\\hat A_t \\rho_t, -\\hat A_t\\,\\mathrm{clip}(\\rho_t, 1-\\epsilon,
-        1+\\epsilon)\\right) + c_v \\frac{1}{N}\\sum_{b,t} \\tfrac12 \\max\\left((V_t - R_t)^2,
+        \\ell = \\frac{1}{N}\\sum_{b,t} \\max\\left(-\\hat A_t \\rho_t,
+        -\\hat A_t\\,\\mathrm{clip}(\\rho_t, 1-\\epsilon, 1+\\epsilon)\\right)
+        + c_v \\frac{1}{N}\\sum_{b,t} \\tfrac12 \\max\\left((V_t - R_t)^2,
         (\\mathrm{clip}(V_t, V^{old}_t \\pm \\epsilon_v) - R_t)^2\\right)
 
     ``N`` counts the batch's response tokens (the authors' token means);
