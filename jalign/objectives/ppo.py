@@ -1,8 +1,8 @@
 """PPO with a learned critic: the clipped surrogate and clipped value loss on GAE advantages.
 
-The RLHF form of Schulman et al. 2017 that InstructGPT, TRL's ``PPOTrainer``
-and the DR-PO authors' ``Cornell-RL/drpo`` ``src/tldr/drpo.py`` train: per
-token ``t`` of a sampled response,
+The RLHF form of Schulman et al. 2017 that TRL's ``PPOTrainer`` and the
+DR-PO authors' ``Cornell-RL/drpo`` ``src/tldr/drpo.py`` train: per token
+``t`` of a sampled response,
 
 - the reward is the KL penalty ``-beta (log pi_old(y_t) - log pi_ref(y_t))``,
   plus the judge's score ``labels["reward"]`` at the last token;
@@ -150,7 +150,9 @@ class PPO(Objective):
     Differences from the authors' code: their critic is a separate model
     initialised from the reward model, jalign's a head on the policy's
     trunk; they take 4 epochs per rollout, jalign one; they divide logits by
-    the sampling temperature 0.7 before the log-softmax, jalign does not.
+    the sampling temperature 0.7 before the log-softmax, jalign does not;
+    they score a response without an EOS token -1 (``penalty_reward_value``),
+    jalign takes the judge's reward as it is.
     """
 
     beta: float = 0.05
