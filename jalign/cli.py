@@ -30,14 +30,17 @@ FILE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 
 def _objectives_table(args) -> int:
+    from jalign.methods import methods
     from jalign.objectives.registry import hyperparameter_defaults, registered
 
-    table = registered()
+    table, others = registered(), methods()
     if args.name:
-        unknown = [n for n in args.name if n not in table]
+        unknown = [n for n in args.name if n not in table and n not in others]
         if unknown:
-            raise ValueError(f"unknown objective(s) {unknown}; valid objectives: {', '.join(table)}")
-        table = {n: table[n] for n in args.name}
+            raise ValueError(f"unknown objective(s) or method(s) {unknown}; valid objectives: {', '.join(table)}; "
+                             f"methods that are not objectives: {', '.join(others)}")
+        table = {n: table[n] for n in args.name if n in table}
+        others = {n: others[n] for n in args.name if n in others}
     for name, cls in table.items():
         hypers = ", ".join(
             f"{k}={'<required>' if v is dataclasses.MISSING else v!r}"
@@ -49,6 +52,11 @@ def _objectives_table(args) -> int:
             lines.append(f"  sampling: {default.sampling.describe()}")
         lines += [f"  strength: {strength}", f"  hyperparameters: {hypers or '-'}"]
         print("\n".join(lines))
+    if table and others:
+        print("\nmethods that are not objectives (jalign/methods.py):")
+    for name, method in others.items():
+        print("\n".join([f"{name} ({method.kind})", f"  paper:    {method.citation}", f"  use:      {method.usage}",
+                         f"  where:    {', '.join(method.where)}"]))
     return 0
 
 

@@ -39,6 +39,7 @@ from jalign.objectives.online import (
 from jalign.objectives.pairwise import DPO as dpo, IPO as ipo
 from jalign.objectives.poft import PoFT as poft
 from jalign.objectives.policy_gradient import GRPO as grpo, PPOClip as ppo_clip, REINFORCE as reinforce, RLOO as rloo
+from jalign.objectives.ppo import PPO as ppo
 from jalign.objectives.preference_models import BTReward as bt_reward, GPM as gpm
 from jalign.objectives.preference_models import PairwisePreference as pairwise_preference
 from jalign.objectives.reference_free import (
@@ -72,6 +73,7 @@ OBJECTIVES = (
     "spin", "selm", "xpo", "cream", "dataset_reset",
     "multi_reward", "rsf",
     "aligndistil",
+    "ppo",
 )
 
 __all__ = [

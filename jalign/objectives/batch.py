@@ -45,6 +45,8 @@ Known per-token extras, as computed by ``jalign.kernels``:
   per-token calibration), a constant.
 - ``"reference_token_mask"`` ``[B, G, T]``: token weights in [0, 1] derived from
   the reference model (SparsePO), a constant.
+- ``"values"`` ``[B, G, T]``: a learned critic's value of the state before each
+  token, ``V(x, y_<t)`` (PPO), with gradient.
 """
 
 from __future__ import annotations

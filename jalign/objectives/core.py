@@ -170,6 +170,19 @@ def hyperparameters(objective: Objective) -> Mapping[str, Any]:
     return {f.name: getattr(objective, f.name) for f in dataclasses.fields(objective)}
 
 
+class Wrapper(Objective):
+    """Base of objectives around an ``inner`` one: the strength is the inner's, addressed as ``inner.<path>``."""
+
+    @property
+    def strength_path(self) -> str | None:
+        inner = self.inner.strength_path
+        return None if inner is None else f"inner.{inner}"
+
+    @property
+    def strength(self) -> Any:
+        return self.inner.strength
+
+
 @register_pytree
 class Scaled(Objective):
     """``weight * inner``: scales the loss; declarations and metrics are the inner objective's."""

@@ -131,8 +131,9 @@ class SemDPO(MarginObjective):
     distance between their embeddings). The weight's exact formula, its
     hyperparameter and the embedding model were not available to us, so the
     weight is an input: a ``semantic_weight`` field of each paired record,
-    computed by the experiment with whatever similarity it chooses. ``w = 1``
-    is DPO.
+    or the experiment's function of (prompt, chosen) set as
+    ``data.semantic_weight`` (``jalign.data.semantic_weights``), with whatever
+    similarity it chooses. ``w = 1`` is DPO.
     """
 
     beta: float = 0.1

@@ -98,7 +98,8 @@ def make(name: str, **hyperparameters: Any) -> Objective:
 def parse(expression: str) -> Objective:
     """An objective from text: registered names, keyword hyperparameters, ``+`` and scalar ``*``.
 
-    ``"dpo"``, ``"ipo(tau=0.05)"``, ``"dpo + 0.2*sft"``, ``"0.5*kto(beta=0.1) + sft"``.
+    ``"dpo"``, ``"ipo(tau=0.05)"``, ``"dpo + 0.2*sft"``, ``"0.5*kto(beta=0.1) + sft"``, and a
+    wrapper's inner objective as a keyword: ``"dataset_reset(inner=ppo(beta=0.1))"``.
     Only that grammar is accepted (the text is parsed, never evaluated).
 
     Raises:
@@ -130,8 +131,11 @@ def _build(node: ast.AST, text: str) -> Objective:
             value = _number(keyword.value)
             if value is None and isinstance(keyword.value, ast.Constant):
                 value = keyword.value.value
+            if isinstance(keyword.value, ast.Call) or (isinstance(keyword.value, ast.Name)
+                                                         and keyword.value.id in _REGISTRY):  # a wrapper's inner
+                value = _build(keyword.value, text)
             if keyword.arg is None or value is None:
-                raise ValueError(f"in {text!r}: {node.func.id}(...) takes name=number arguments only")
+                raise ValueError(f"in {text!r}: {node.func.id}(...) takes name=number or name=objective arguments only")
             values[keyword.arg] = value
         return make(node.func.id, **values)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import PAIR, Objective, Requirements
+from jalign.objectives.core import PAIR, Objective, Requirements, Wrapper
 from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.pairwise import DPO
 from jalign.objectives.registry import objective
@@ -153,7 +153,7 @@ def lcpo_loss(loss: Array, flipped_loss: Array, *, noise_rate) -> Array:
     "Robust LLM Alignment (arXiv 2509.24159), Sec. 3: EM over label correctness",
     requires=Requirements(responses=PAIR, reference=True),
 )
-class LCPO(Objective):
+class LCPO(Wrapper):
     """Latent Collective Preference Optimization around any pairwise objective.
 
     Each label is correct with prior probability ``1 - noise_rate``; the model
@@ -181,15 +181,6 @@ class LCPO(Objective):
     @property
     def sampling(self):
         return self.inner.sampling
-
-    @property
-    def strength_path(self) -> str | None:
-        inner = self.inner.strength_path
-        return None if inner is None else f"inner.{inner}"
-
-    @property
-    def strength(self):
-        return self.inner.strength
 
     def compute(self, lp: LogProbs):
         loss, metrics = self.inner.per_example(lp)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jalign.objectives.batch import Array, LogProbs
-from jalign.objectives.core import PAIR, Objective, Requirements, batch_mean, static_field
+from jalign.objectives.core import PAIR, Objective, Requirements, Wrapper, batch_mean, static_field
 from jalign.objectives.declaration import DATA, POLICY, PREVIOUS, REFERENCE, Sampling
 from jalign.objectives.margin import PAIRED_WITH_REFERENCE, MarginObjective
 from jalign.objectives.metrics import reference_pairwise_metrics
@@ -222,7 +222,7 @@ class CREAM(Objective):
     "src/tldr/drpo.py with reset probability beta = 1.0)",
     requires=PAIRED_PREFERENCE,
 )
-class DatasetReset(Objective):
+class DatasetReset(Wrapper):
     """DR-PO's dataset reset around any online objective: generation starts inside the dataset's responses.
 
     With probability ``probability`` per prompt, the responses the inner
@@ -234,8 +234,9 @@ class DatasetReset(Objective):
     trained on (the authors mask them out of the loss); the judge reads the
     whole response ``y_{<h}`` plus the continuation. The loss is the inner
     objective's: the authors optimise PPO with a learned critic (GAE) on a
-    reward model's score, which jalign has no loss for, so ``dataset_reset``
-    is the reset, not the whole of DR-PO. Needs prompt-completion data.
+    reward model's score, so DR-PO itself is ``dataset_reset(inner=ppo())``
+    (:class:`jalign.objectives.ppo.PPO`, with their defaults). Needs
+    prompt-completion data.
     Default ``probability = 1.0``: the authors' ``beta`` in ``drpo.py``.
     """
 
@@ -253,15 +254,6 @@ class DatasetReset(Objective):
             raise ValueError(f"dataset_reset: the inner objective {self.inner.name} is offline; the reset changes "
                              "where an online objective's responses are generated from")
         return dataclasses.replace(inner, reset=self.probability)
-
-    @property
-    def strength_path(self) -> str | None:
-        inner = self.inner.strength_path
-        return None if inner is None else f"inner.{inner}"
-
-    @property
-    def strength(self):
-        return self.inner.strength
 
     def compute(self, lp: LogProbs):
         return self.inner.per_example(lp)

@@ -17,13 +17,14 @@ import math
 import numbers
 import types
 import typing
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import jax
 import numpy as np
 
 from jalign.data import Tokenization, Truncation, open_source
 from jalign.data.reward_augmented import RewardAugmented
+from jalign.data.semantic_weights import SemanticWeighted
 from jalign.data.source_base import Source
 from jalign.kernels import LogprobImpl
 from jalign.models import ModelConfig, RematPolicy
@@ -232,6 +233,9 @@ class DataSection:
         as a system message or prepended to the prompt. A separate
         ``eval`` file is read as it is; ``eval_fraction`` holds out
         augmented records.
+      semantic_weight: None, or Sem-DPO's weight function
+        ``fn(prompt, chosen) -> w >= 0``, added to every training and eval
+        record as its ``semantic_weight`` field (``jalign.data.semantic_weights``).
     """
 
     train: str = ""
@@ -248,17 +252,23 @@ class DataSection:
     split: str | None = None
     eval_split: str | None = None
     reward_augmented: Literal["system", "prompt"] | None = None
+    semantic_weight: Callable[[Any, Any], float] | None = None
 
     def open_train(self) -> Source:
-        """The training records' source (``open_source`` of ``train`` and ``split``), reward-augmented if asked."""
+        """The training records' source (``open_source`` of ``train`` and ``split``), reward-augmented and
+        semantically weighted if asked."""
         source = open_source(self.train, split=self.split)
-        return source if self.reward_augmented is None else RewardAugmented(source, self.reward_augmented)
+        source = source if self.reward_augmented is None else RewardAugmented(source, self.reward_augmented)
+        return self._weighted(source)
 
     def open_eval(self) -> Source | None:
         """The held-out records' source, or None without a separate eval set (``eval_fraction`` may hold one out)."""
         if not self.eval and self.eval_split is None:
             return None
-        return open_source(self.eval or self.train, split=self.eval_split)
+        return self._weighted(open_source(self.eval or self.train, split=self.eval_split))
+
+    def _weighted(self, source: Source) -> Source:
+        return source if self.semantic_weight is None else SemanticWeighted(source, self.semantic_weight)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,7 @@ from jalign.train.generations import EvalGenerations
 from jalign.train.hosts import device_batch, gathered, process_rows
 from jalign.train.step import FrozenModels, TrainState, jit_step, make_logprobs, make_step, nonfinite_reason
 from jalign.train.token_inputs import add_token_mask_head, trainable_filter
+from jalign.train.value_head import add_value_head
 
 Evaluate = Callable[[int, nnx.Module, nnx.Module], dict]
 
@@ -119,6 +120,8 @@ def _with_adapters_and_heads(model: nnx.Module, exp: Experiment, plan: Plan | No
                       targets=section.lora_targets, rngs=nnx.Rngs(section.init_seed + 1))
     if plan is not None and plan.needs_mask_head:
         add_token_mask_head(model, rngs=nnx.Rngs(section.init_seed + 2))
+    if plan is not None and plan.needs_value_head:
+        add_value_head(model, rngs=nnx.Rngs(section.init_seed + 4))
     loaded_head = getattr(model, "score_head", None)
     if plan is not None and plan.scores is not None and loaded_head is None:
         add_score_head(model, plan.scores, outputs=section.score_dim, rngs=nnx.Rngs(section.init_seed + 3))
@@ -203,7 +206,8 @@ def build(exp: Experiment) -> Run:
     plan = plan_for(exp)
     mesh, rules = make_mesh(exp.mesh), exp.mesh.rule_table()
     model, tokenizer = build_model(exp, plan, mesh, rules)
-    heads = (("token_mask_head",) if plan.needs_mask_head else ()) + (("score_head",) if plan.scores else ())
+    heads = (("token_mask_head",) if plan.needs_mask_head else ()) + (("score_head",) if plan.scores else ()) + (
+        ("value_head",) if plan.needs_value_head else ())
     trainable = trainable_filter(lora=exp.model.lora_rank > 0, heads=heads)
     graphdef, params, rest = nnx.split(model, trainable, ...)
     tx = make_optimizer(exp.optimizer, optimizer_updates(exp))

@@ -9,7 +9,7 @@ is built, :func:`plan_inputs` reads the composed objective's declaration
   several checkpoints (SALSA, ``model.reference_soup``; ``jalign.train.soup``);
 - per-token extras, from the fused log-prob kernels (``entropy``,
   ``ref_kl``, ``log_prob_sq_sum``, ...) or from the run's models
-  (SparsePO's masks);
+  (SparsePO's masks; PPO's critic values, ``jalign.train.value_head``);
 - a preference model's scores (``bt_reward``, ``pairwise_preference``,
   ``gpm``), from a head on the trained decoder (``jalign.models.preference_heads``);
 - labels, from the data's own fields (``preference``, ``score``,
@@ -52,6 +52,7 @@ from jalign.train.teacher_inputs import Teacher, distillation_extras
 from jalign.train.token_inputs import (
     GUIDE_LABEL, MASK_EXTRAS, guide_log_ratio, learned_token_mask, mismatched_kl_estimate, reference_token_mask,
 )
+from jalign.train.value_head import VALUE_EXTRAS, token_values
 
 NONE, FROZEN, LORA_BASE, PRECOMPUTED, SOUP = "none", "frozen", "lora_base", "precomputed", "soup"
 # Plans whose reference is a frozen model held as a step argument (``FrozenModels.reference``).
@@ -93,6 +94,7 @@ class Plan:
         ``"reference"``, or ``"previous"`` (SPPO's proximal target).
       teacher: how AlignDistil's teacher extras are built from
         ``model.teacher`` and ``model.teacher_contrast``, or None.
+      value_extras: PPO's critic values from the policy's value head (``values``).
       residual: IFT's temporal residual connection weight for the policy's
         forward (``Requirements.residual``); 0 is teacher forcing.
     """
@@ -107,6 +109,7 @@ class Plan:
     sampling: Sampling | None = None
     reference_slot: str = REFERENCE
     teacher: Teacher | None = None
+    value_extras: tuple[str, ...] = ()
     residual: float = 0.0
 
     @property
@@ -126,6 +129,10 @@ class Plan:
     @property
     def needs_mask_head(self) -> bool:
         return "token_mask_logits" in self.mask_extras
+
+    @property
+    def needs_value_head(self) -> bool:
+        return bool(self.value_extras)
 
 
 def _reference_kind(needed: bool, mode: str, lora: bool, soup: bool = False) -> str:
@@ -286,7 +293,7 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
                            f"as the declaration lists them ({list(sampling.labels)}) and {PREVIOUS_LABEL!r}")
     own_extras = set(needs.extras)
     metric_only = [e for e in metric_extras if e not in own_extras]
-    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS)):
+    for extra in sorted(own_extras - set(KERNEL_EXTRAS) - set(MASK_EXTRAS) - set(VALUE_EXTRAS)):
         missing.append(f"extras[{extra!r}]: no kernel or model of `jalign train` computes it")
     for extra in metric_only:
         if extra not in KERNEL_EXTRAS:
@@ -294,9 +301,9 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
     if needs.scores is not None:
         missing.append(f"{needs.scores} scores: preference models are trained on preference data, offline")
     if needs.residual:
-        missing.append(f"residual inputs (lambda={needs.residual}): the temporal residual connection rescores "
-                       "dataset targets; generated responses' sampling log-probs are teacher-forced, so set "
-                       "lam=0 or train offline")
+        missing.append(f"residual inputs (lambda={needs.residual}): the temporal residual connection is "
+                       "defined on a dataset's target responses (IFT's SFT data), not on generated ones; set "
+                       "ift's lam=0 or train offline")
     if reference_mode == PRECOMPUTED:
         missing.append("train.reference='precomputed': responses are generated every step, so nothing can be "
                        "scored before training; set train.reference='model'")
@@ -308,7 +315,8 @@ def _plan_online(objective: Objective, *, reference_mode: str, lora: bool, metri
                 kernel_extras=tuple(sorted((own_extras | set(metric_only)) & set(KERNEL_EXTRAS))),
                 computed_labels=tuple(computed), mask_extras=tuple(sorted(own_extras & set(MASK_EXTRAS))),
                 sampling=dataclasses.replace(sampling, mixture=None),
-                reference_slot=PREVIOUS if sampling.reference == PREVIOUS else REFERENCE)
+                reference_slot=PREVIOUS if sampling.reference == PREVIOUS else REFERENCE,
+                value_extras=tuple(sorted(own_extras & set(VALUE_EXTRAS))))
 
 
 def _dataset_response_missing(sampling: Sampling, columns: Sequence[str]) -> list[str]:
@@ -365,6 +373,8 @@ def batch_logprobs(plan: Plan, policy: Any, reference: Any | None, batch: dict, 
                          kl_to=ref_view if set(REFERENCE_KERNEL_EXTRAS) & set(plan.kernel_extras) else None)
     extras = {name: getattr(out, name) for name in plan.kernel_extras}
     extras.update(_mask_extras(plan, policy, ref_view))
+    if plan.needs_value_head:
+        extras["values"] = token_values(policy, own)
     if plan.needs_teacher:
         extras.update(distillation_extras(own, *teacher, batch, plan.teacher, impl=impl))
     if "kl_estimate" in plan.computed_labels:

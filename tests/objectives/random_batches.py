@@ -55,6 +55,7 @@ def batch_for(requires: Requirements, *, seed=0, batch=4, tokens=3, log_ratio_sc
         "reference_token_mask": rng.uniform(0, 1, size=shape),
         "teacher_kl": rng.uniform(0, 2, size=shape),
         "teacher_weight": rng.uniform(1e-3, 20, size=shape),
+        "values": rng.normal(size=shape),
     }
     as_array = lambda x: jnp.asarray(x, dtype)
     if requires.scores is not None:

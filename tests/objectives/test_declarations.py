@@ -111,7 +111,7 @@ def test_every_registered_objective_declares_a_real_strength_field(name):
 def test_every_online_objective_declares_sampling_and_offline_ones_none():
     online = {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo",
               "reinforce", "rloo", "grpo", "ppo_clip", "online_copg", "rso", "grao",
-              "spin", "selm", "xpo", "cream", "dataset_reset", "rsf"}
+              "spin", "selm", "xpo", "cream", "dataset_reset", "rsf", "ppo"}
     for name in registered():
         sampling = make(name).sampling
         assert (sampling is not None) == (name in online), name

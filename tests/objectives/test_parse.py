@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from jalign.objectives import dpo, fdpo, ipo, kto, parse, sft
+from jalign.objectives import dataset_reset, dpo, fdpo, ipo, kto, parse, ppo, sft
 
 
 @pytest.mark.parametrize("text, built", [
@@ -14,6 +14,8 @@ from jalign.objectives import dpo, fdpo, ipo, kto, parse, sft
     ("0.5*kto(beta=0.1) + sft", 0.5 * kto(beta=0.1) + sft()),
     ("sft * -1.5", -1.5 * sft()),
     ("fdpo(divergence='js')", fdpo(divergence="js")),
+    ("dataset_reset(inner=ppo(beta=0.1))", dataset_reset(inner=ppo(beta=0.1))),
+    ("dataset_reset(inner=ppo)", dataset_reset(inner=ppo())),
 ])
 def test_text_builds_the_objective_python_would(text, built):
     assert repr(parse(text)) == repr(built)  # objectives compare by identity; repr shows every field
@@ -23,7 +25,7 @@ def test_text_builds_the_objective_python_would(text, built):
     ("dpo - sft", "cannot parse objective 'dpo - sft' at 'dpo - sft'"),
     ("dpo(0.1)", "cannot parse objective"),
     ("__import__('os').system('true')", "cannot parse objective"),
-    ("dpo(beta=x)", "takes name=number arguments only"),
+    ("dpo(beta=x)", "takes name=number or name=objective arguments only"),
     ("dpo +", "cannot parse objective 'dpo +'"),
     ("dpoo", "unknown objective 'dpoo'"),
     ("dpo(betta=1)", "unknown hyperparameter"),

@@ -124,5 +124,5 @@ def _experiment(assets, tmp_path, name):
 def test_the_registry_splits_into_these_two_groups():
     assert set(SAMPLED) == {"online_ipo", "ipo_md", "nash_md", "nash_md_pg", "sppo", "inpo", "egpo", "online_dpo",
                             "reinforce", "rloo", "grpo", "ppo_clip", "online_copg", "rso", "grao",
-                            "spin", "selm", "xpo", "cream", "dataset_reset", "rsf"}
+                            "spin", "selm", "xpo", "cream", "dataset_reset", "rsf", "ppo"}
     assert len(OFFLINE) + len(SAMPLED) == len(registered())
