@@ -12,7 +12,7 @@ not found (see ``jalign.train.mpo``). The same recipe as `jalign` commands:
     jalign train experiments/mpo.py --set model.hf_dir=SFT_DIR --set data.train=runs/mpo/easy.jsonl \
         --set train.out_dir=runs/mpo/stage1
     jalign export runs/mpo/stage1 runs/mpo/stage1_model
-    jalign train experiments/mpo.py --set objective=online_dpo --set model.hf_dir=runs/mpo/stage1_model \\
+    jalign train experiments/mpo.py --set objective=ppo --set model.hf_dir=runs/mpo/stage1_model \\
         --set online.prompts=runs/mpo/difficult_prompts.jsonl --set online.judge=RM_DIR \\
         --set train.out_dir=runs/mpo/stage2
 
@@ -39,7 +39,7 @@ def experiment(model_dir: str | None = None) -> Experiment:
         train=TrainSection(steps=1000, batch_size=32, out_dir="runs/mpo/stage1", log_every=10, extras=()))
 
 
-def stages(base: Experiment, *, stage2_objective: str = "online_dpo", max_new_tokens: int = 128,
+def stages(base: Experiment, *, stage2_objective: str = "ppo", max_new_tokens: int = 128,
            stage2_steps: int | None = None) -> tuple[Experiment, Experiment]:
     """Stage 1 (offline, ``base``) and stage 2 (the online loop, ``stage2_objective``, no data file)."""
     second = dataclasses.replace(
@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threshold", type=float, required=True, help="reward gap above which a pair is easy")
     parser.add_argument("--model", required=True, help="the SFT model's Hugging Face directory")
     parser.add_argument("--out", default="runs/mpo")
-    parser.add_argument("--stage2-objective", default="online_dpo", help="a sampled objective of the online loop")
+    parser.add_argument("--stage2-objective", default="ppo",
+                        help="a sampled objective of the online loop (the paper's PPO by default)")
     args = parser.parse_args(argv)
     first, second = stages(experiment(args.model), stage2_objective=args.stage2_objective)
     result = run_mpo(first, second, data=args.data, judge=args.reward_model, threshold=args.threshold,

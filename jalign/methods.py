@@ -46,7 +46,7 @@ METHODS: tuple[Method, ...] = (
            ("model.reference_soup", "model.reference_soup_weights", "jalign.train.soup.load_soup")),
     Method("mpo", "Gou & Nguyen 2024, Mixed Preference Optimization: Reinforcement Learning with Data Selection and "
            "Better Reference Model: DPO on the easy pairs (reward gap above a threshold), then online RLHF on the "
-           "difficult prompts with the DPO model as reference",
+           "difficult prompts (ppo by default) with the DPO model as reference",
            RECIPE, "python experiments/mpo.py --data D --reward-model RM --threshold T --model M --out OUT",
            ("experiments/mpo.py", "jalign.train.mpo.run_mpo", "jalign.train.mpo.split_by_reward_gap")),
     Method("reward_augmented", "Zhang et al. 2024, Reward-Augmented Data Enhances Direct Preference Alignment of "

@@ -21,9 +21,10 @@ checkpoints) is exactly ``r(x, y_w) - r(x, y_l)``, and for a
 ``FunctionJudge(kind="reward")`` is the reward difference over its
 temperature.
 
-What is not the paper's: the paper's stage 2 is PPO; jalign has no PPO, so
-stage 2 runs any sampled objective of the online loop (``online_dpo`` by
-default in ``experiments/mpo.py``). The paper's threshold value was not
+Stage 2 is PPO, as in the paper: ``ppo`` (a learned per-token critic, GAE
+and the clipped surrogate; ``jalign.objectives.ppo``) by default in
+``experiments/mpo.py``, on the judge's rewards; any other sampled objective
+of the online loop can take its place. The paper's threshold value was not
 found in the material available to us (its abstract and the arXiv page's
 opening); the threshold has no default and must be given.
 
