@@ -61,19 +61,14 @@ from jalign.objectives.weighted import (
 from jalign.objectives.registry import make, objective, parse, registered
 
 OBJECTIVES = (
-    "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward", "cpo",
-    "curry_dpo", "discopop", "dpo", "dpop", "egpo", "exo", "exo_reward", "fdpo", "gpm",
-    "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
-    "gpo_truncated_quadratic", "inpo", "ipo", "ipo_md", "irepo", "kto", "lcpo", "ld_dpo", "lipo_lambda",
-    "lipo_softmax", "list_mle", "madpo", "modpo", "nash_md", "nash_md_pg", "nca", "npo", "online_dpo",
-    "online_ipo", "orpo", "pairwise_preference", "rdpo", "sft", "simpo", "slic", "soft_dpo", "sparsepo",
-    "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo",
-    "d2o", "ift", "jpo", "mapo", "poft", "sem_dpo",
-    "copg", "grao", "grpo", "online_copg", "ppo_clip", "reinforce", "rloo", "rso",
-    "spin", "selm", "xpo", "cream", "dataset_reset",
-    "multi_reward", "rsf",
-    "aligndistil",
-    "ppo",
+    "aligndistil", "aot_paired", "aot_unpaired", "apo_down", "apo_zero", "asft", "bco", "bco_pair", "bt_reward",
+    "copg", "cpo", "cream", "curry_dpo", "d2o", "dataset_reset", "discopop", "dpo", "dpop", "egpo", "exo",
+    "exo_reward", "fdpo", "gpm", "gpo_exponential", "gpo_hinge", "gpo_logistic", "gpo_savage", "gpo_squared",
+    "gpo_truncated_quadratic", "grao", "grpo", "ift", "inpo", "ipo", "ipo_md", "irepo", "jpo", "kto", "lcpo",
+    "ld_dpo", "lipo_lambda", "lipo_softmax", "list_mle", "madpo", "mapo", "modpo", "multi_reward", "nash_md",
+    "nash_md_pg", "nca", "npo", "online_copg", "online_dpo", "online_ipo", "orpo", "pairwise_preference", "poft",
+    "ppo", "ppo_clip", "rdpo", "reinforce", "rloo", "rsf", "rso", "selm", "sem_dpo", "sft", "simpo", "slic",
+    "soft_dpo", "sparsepo", "spin", "sppo", "sppo_hard", "tdpo1", "tdpo2", "tgdpo", "tpo", "wpo", "xpo"
 )
 
 __all__ = [
