@@ -49,6 +49,10 @@ def _batch(margin: jax.Array, requires) -> LogProbs:
     labels["kl_estimate"] = jnp.zeros((1,))
     labels["win_prob"] = jnp.array([[0.75, 0.25]])[:, :groups]  # the chosen usually beats the opponent
     labels["previous_logps"] = reference[..., 0]  # the previous iterate is the reference
+    labels["semantic_weight"] = jnp.ones((1,))  # Sem-DPO's weight 1 is DPO
+    labels["instruction_length"] = jnp.zeros((1, groups))  # JPO with a shared instruction is DPO
+    labels["aligned_logps"] = reference  # PoFT's aligned models score like the reference, per token
+    labels["reward"] = jnp.array([[1.0, 0.0]])[:, :groups]  # the chosen earns the higher reward
     extras = {k: jnp.zeros((1, groups, 1)) for k in ("ref_kl", "entropy")}
     extras["token_mask_logits"] = jnp.ones((1, groups, 1))  # a neutral learned mask (weight 1)
     extras["log_prob_sq_sum"] = policy  # a valid value: log sum_v pi(v)^2 >= 2 log pi(y)
@@ -56,6 +60,12 @@ def _batch(margin: jax.Array, requires) -> LogProbs:
         policy=policy, mask=jnp.ones_like(policy), reference=reference if requires.reference else None,
         labels={k: v for k, v in labels.items() if k in requires.labels},
         extras={k: v for k, v in extras.items() if k in requires.extras})
+
+
+# What _batch provides: an objective needing anything else is not a function of the margin alone.
+PROVIDED_LABELS = ("preference", "score", "desirable", "other_rewards", "guide_log_ratio", "kl_estimate", "win_prob",
+                   "previous_logps", "semantic_weight", "instruction_length", "aligned_logps", "reward")
+PROVIDED_EXTRAS = ("ref_kl", "entropy", "token_mask_logits", "log_prob_sq_sum")
 
 
 def curves(cls) -> tuple[jax.Array, jax.Array]:
@@ -71,10 +81,27 @@ def curves(cls) -> tuple[jax.Array, jax.Array]:
 def plottable() -> dict[str, type]:
     """Registered objectives the margin sweep applies to: policy objectives on pairs and singles.
 
-    Preference-model losses (``requires.logprobs`` False) read a judge's scores, not log-ratios.
+    Preference-model losses (``requires.logprobs`` False) read a judge's scores, not log-ratios;
+    objectives reading inputs outside :data:`PROVIDED_LABELS` / :data:`PROVIDED_EXTRAS` (a teacher's
+    distribution, a critic's values) are not functions of the margin alone (:func:`not_plotted`).
     """
-    return {n: c for n, c in registered().items()
-            if c().requires.responses in (PAIR, SINGLE) and c().requires.logprobs}
+    left_out = not_plotted()
+    return {n: c for n, c in registered().items() if _sweeps(c().requires) and n not in left_out}
+
+
+def _sweeps(requires) -> bool:
+    return requires.responses in (PAIR, SINGLE) and requires.logprobs
+
+
+def not_plotted() -> dict[str, str]:
+    """Objectives on pairs or singles left out because they read more than the margin: name -> their inputs."""
+    out = {}
+    for name, cls in registered().items():
+        requires = cls().requires
+        if _sweeps(requires) and (set(requires.labels) - set(PROVIDED_LABELS)
+                                  or set(requires.extras) - set(PROVIDED_EXTRAS)):
+            out[name] = requires.describe()
+    return out
 
 
 def _landmarks(losses, grads) -> tuple[float, float, float]:
@@ -123,6 +150,8 @@ def main(out_dir: pathlib.Path) -> dict[str, tuple[float, float, float]]:
     lines = ["| objective | inputs | loss at h=0 | -dL/dh at h=0 | last h with weight > 1% of peak |",
              "|---|---|---|---|---|"]
     lines += [f"| {n} | {table[n]().requires.describe()} | {a:.4g} | {b:.4g} | {c:.3g} |" for n, (a, b, c) in rows.items()]
+    lines += ["", "Not plotted, as their inputs are not functions of the margin alone: "
+              + "; ".join(f"{n} ({inputs})" for n, inputs in not_plotted().items())]
     (out_dir / "gallery.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out_dir / 'gallery.png'} and {out_dir / 'gallery.md'}")

@@ -21,3 +21,11 @@ def test_gallery_writes_png_and_table_with_dpo_closed_form(tmp_path):
     assert weight0 == pytest.approx(0.05, rel=1e-5)
     # IPO (tau = 0.1): loss (0 - 5)^2 and weight 2 * 5 at h = 0.
     assert rows["ipo"][:2] == pytest.approx((25.0, 10.0), rel=1e-5)
+
+
+def test_objectives_that_read_more_than_the_margin_are_named_not_plotted():
+    """AlignDistil reads a teacher's distribution and PPO a critic's values: listed, never fed made-up inputs."""
+    left_out = objective_gallery.not_plotted()
+    assert {"aligndistil", "ppo"} <= set(left_out)
+    assert not set(left_out) & set(objective_gallery.plottable())
+    assert {"sem_dpo", "jpo", "mapo", "dpo"} <= set(objective_gallery.plottable())

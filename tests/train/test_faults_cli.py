@@ -102,7 +102,7 @@ USER_ERRORS = {  # case: (folder, tiny experiment file, --set out_dir) -> (argv,
         def experiment():
             raise ValueError("set MODEL_DIR to a local checkpoint")
     """, "own.py")], "set MODEL_DIR to a local checkpoint"),
-    "unknown objective name": lambda d, tiny, out: (["objectives", "dpoo"], "unknown objective(s) ['dpoo']"),
+    "unknown objective name": lambda d, tiny, out: (["objectives", "dpoo"], "unknown objective(s) or method(s) ['dpoo']"),
 }
 
 
