@@ -58,7 +58,7 @@ from flax import nnx
 
 from jalign.data.collate import bucket_lengths
 from jalign.data.prompts import PromptData, prompt_batches, read_prompts
-from jalign.models import load_hf, lora
+from jalign.models import load_hf
 from jalign.models.sampling import Generation, SamplingConfig, sample
 from jalign.models.scoring import encode_responses, token_logprobs
 from jalign.models.tokenizer import load_tokenizer
@@ -68,10 +68,10 @@ from jalign.train.dataset_responses import (
     completion_responses, extended_prompts, judged_texts, prefix_lengths, samples_dataset,
 )
 from jalign.train.hosts import device_batch, gathered, process_rows
-from jalign.train.judges import FunctionJudge, Judge, ModelJudge, gives_rewards
+from jalign.train.judges import Judge, ModelJudge, gives_rewards
 from jalign.train.rejection_sampling import rejection_sample
-from jalign.train.provider import LORA_BASE, Plan
-from jalign.train.step import FrozenModels, TrainState, make_half_step
+from jalign.train.provider import Plan
+from jalign.train.step import FrozenModels, TrainState, make_half_step, reference_decoder
 
 SERVED = {UNIFORM: POLICY}  # the source that serves a declared one, where they differ
 
@@ -434,9 +434,7 @@ class Rollout:
 def _models(graphdef, plan: Plan) -> Callable:
     """``(params, previous, frozen) -> {source: (model, mixture partner)}`` built lazily by source."""
     def reference(policy, frozen: FrozenModels):
-        if plan.reference == LORA_BASE:
-            return lora.reference_view(policy)
-        return nnx.merge(graphdef, frozen.reference, frozen.rest)
+        return reference_decoder(graphdef, plan, policy, frozen)
 
     def models(params, previous, frozen: FrozenModels, source: str):
         policy = nnx.merge(graphdef, params, frozen.rest)

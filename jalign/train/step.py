@@ -122,6 +122,15 @@ jax.tree_util.register_dataclass(FrozenModels, data_fields=["rest", "reference",
                                  meta_fields=[])
 
 
+def reference_decoder(graphdef: nnx.GraphDef, plan: Plan, policy: nnx.Module, frozen: FrozenModels) -> nnx.Module | None:
+    """The reference model a plan names: the policy with LoRA adapters off, the frozen copy (or soup), or None."""
+    if plan.reference == LORA_BASE:
+        return lora.reference_view(policy)
+    if plan.reference in FROZEN_MODELS:
+        return nnx.merge(graphdef, frozen.reference, frozen.rest)
+    return None
+
+
 def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
                   guide_graphdef: nnx.GraphDef | None = None, teacher_graphdefs: tuple | None = None) -> Callable:
     """``logprobs(params, frozen, batch, previous=None) -> LogProbs`` as the plan says, for the train and eval steps.
@@ -138,11 +147,7 @@ def make_logprobs(graphdef: nnx.GraphDef, plan: Plan, *, impl: str = "auto",
     def reference_model(policy, frozen: FrozenModels, previous):
         if plan.reference_slot == PREVIOUS:
             return previous_model(previous, frozen)
-        if plan.reference == LORA_BASE:
-            return lora.reference_view(policy)
-        if plan.reference in FROZEN_MODELS:
-            return nnx.merge(graphdef, frozen.reference, frozen.rest)
-        return None
+        return reference_decoder(graphdef, plan, policy, frozen)
 
     def logprobs(params, frozen: FrozenModels, batch, previous=None) -> LogProbs:
         policy = nnx.merge(graphdef, params, frozen.rest)
