@@ -8,7 +8,6 @@ temperature -> 0), and an uninterrupted run (resumption).
 """
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -20,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jalign import cli
 from jalign.objectives.core import register_pytree
 from jalign.objectives.online import OnlineDPO
 from jalign.train import loop
 from jalign.train.metrics_log import read_metrics, without_wall_clock
 from jalign.train.provider import RefusedObjective
+
+from online_cli import train_online
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -100,14 +100,7 @@ def _prompts(run) -> dict:
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow) for n in ONLINE])
 def test_every_online_objective_trains_with_generation_through_the_cli(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    argv = ["train", str(HERE / "online_experiment.py"), "--set", f"objective={name}",
-            "--set", "train.checkpoint_every=0"]
-    assert cli.main(argv) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
-    rows = read_metrics(tmp_path / "runs" / "online_tiny" / "run" / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [1, 2] and all(row["update_norm"] > 0 for row in rows)
-    assert math.isfinite(metrics["loss"]) and metrics["finite"] == 1.0
+    metrics, _ = train_online(name, tmp_path, monkeypatch, capsys)
     assert 0.0 <= metrics["online/win_rate"] <= 1.0 and math.isfinite(metrics["online/kl"])
     assert metrics["gen/length"] > 0 and 0.0 <= metrics["gen/eos_rate"] <= 1.0
     shares = [metrics[f"time/{part}_share"] for part in ("generate", "judge", "update")]

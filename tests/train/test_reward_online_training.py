@@ -7,20 +7,18 @@ of the reference's candidates, the higher reward first).
 """
 
 import dataclasses
-import json
-import math
 import pathlib
 import sys
 
 import numpy as np
 import pytest
 
-from jalign import cli
 from jalign.objectives import grao, grpo, rso
 from jalign.train import loop
 from jalign.train.judges import FunctionJudge, gives_rewards
-from jalign.train.metrics_log import read_metrics
 from jalign.train.online import OnlineConfigError, require_reward_judge
+
+from online_cli import train_online
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -96,14 +94,6 @@ def test_the_objective_sees_its_group_and_the_judges_rewards(objective, tmp_path
 @pytest.mark.parametrize("name", RUNS + ("grao(group_size=3)",))
 def test_reward_objective_trains_with_generation_through_the_cli(name, tmp_path, monkeypatch, capsys):
     """GRAO's reference answer is the prompt record's completion, so it reads the prompt-completion file."""
-    monkeypatch.chdir(tmp_path)
-    argv = ["train", str(HERE / "online_experiment.py"), "--set", f"objective={name}",
-            "--set", "train.checkpoint_every=0"]
-    if name.startswith("grao"):
-        argv += ["--set", f"online.prompts={PROMPT_COMPLETIONS}"]
-    assert cli.main(argv) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
-    rows = read_metrics(tmp_path / "runs" / "online_tiny" / "run" / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [1, 2] and all(row["update_norm"] > 0 for row in rows)
-    assert math.isfinite(metrics["loss"]) and metrics["finite"] == 1.0
+    sets = [f"online.prompts={PROMPT_COMPLETIONS}"] if name.startswith("grao") else []
+    metrics, _ = train_online(name, tmp_path, monkeypatch, capsys, *sets)
     assert 0.0 <= metrics["online/win_rate"] <= 1.0 and metrics["gen/length"] > 0

@@ -9,20 +9,18 @@ the plan's refusal message naming the missing field. The runs through
 ``jalign train`` build a model, so they are slow.
 """
 
-import dataclasses
 import json
-import math
 import pathlib
 import sys
 
 import numpy as np
 import pytest
 
-from jalign import cli
 from jalign.train import loop
 from jalign.train.dataset_responses import extended_prompts, judged_texts, prefix_lengths
-from jalign.train.metrics_log import read_metrics
 from jalign.train.provider import RefusedObjective
+
+from online_cli import train_online
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -58,14 +56,7 @@ def test_spin_data_slot_holds_the_records_completion(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SELFPLAY)
 def test_selfplay_objectives_train_with_generation_through_the_cli(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    argv = ["train", str(HERE / "online_experiment.py"), "--set", f"objective={name}",
-            "--set", "train.checkpoint_every=0", "--set", f"online.prompts={COMPLETIONS}"]
-    assert cli.main(argv) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
-    rows = read_metrics(tmp_path / "runs" / "online_tiny" / "run" / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [1, 2] and all(row["update_norm"] > 0 for row in rows)
-    assert math.isfinite(metrics["loss"]) and metrics["finite"] == 1.0
+    metrics, _ = train_online(name, tmp_path, monkeypatch, capsys, f"online.prompts={COMPLETIONS}")
     assert metrics["gen/length"] > 0
 
 
